@@ -1,0 +1,1 @@
+"""Backends: thin adapters that put the runtime core behind another server's contract."""

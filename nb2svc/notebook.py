@@ -1,0 +1,125 @@
+"""Stage 1: read an .ipynb into a :class:`NotebookInfo` (cells, tags, metadata, dependencies)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nbformat
+
+from .errors import NotebookError
+
+PARAMETERS_TAG = "parameters"
+OUTPUTS_TAG = "outputs"
+
+# `%pip install x`, `!pip install x`, `!python -m pip install x`, `%conda` is not supported
+_PIP_LINE = re.compile(r"^\s*[%!]\s*(?:python3?\s+-m\s+)?pip3?\s+install\s+(?P<args>.*)$")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A code cell; ``number`` is its 1-based position among all the notebook's cells."""
+
+    number: int
+    index: int
+    source: str
+    tags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class NotebookInfo:
+    path: Path
+    sha256: str
+    cells: tuple[Cell, ...]  # code cells only, in order
+    metadata: Mapping[str, Any]  # the notebook's metadata.nb2svc
+    requirements: tuple[str, ...]  # from %pip lines, then requirements.txt, duplicates dropped
+    kernel_name: str = "python3"
+    raw: nbformat.NotebookNode = field(repr=False, compare=False, default=None)  # type: ignore[assignment]  # always set by load_notebook
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+    def tagged(self, tag: str) -> list[Cell]:
+        return [c for c in self.cells if tag in c.tags]
+
+
+def load_notebook(path: str | Path) -> NotebookInfo:
+    """Read and check the notebook file; the errors name the file and say what to do."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise NotebookError(f"{p}: cannot read the notebook: {e.strerror}") from e
+    try:
+        nb = nbformat.reads(data.decode("utf-8"), as_version=4)
+    except Exception as e:  # nbformat raises several unrelated types for bad files
+        raise NotebookError(f"{p}: not a readable Jupyter notebook: {e}", "open and save it in Jupyter") from e
+    cells = tuple(
+        Cell(
+            number=i + 1,
+            index=i,
+            source=c.source,
+            tags=tuple(c.get("metadata", {}).get("tags", ())),
+        )
+        for i, c in enumerate(nb.cells)
+        if c.cell_type == "code"
+    )
+    meta = nb.metadata.get("nb2svc", {})
+    if not isinstance(meta, Mapping):
+        raise NotebookError(f"{p}: metadata.nb2svc must be an object, not {type(meta).__name__}")
+    reqs = [r for c in cells for r in pip_requirements(c.source)]
+    req_file = p.parent / "requirements.txt"
+    if req_file.is_file():
+        reqs += read_requirements_file(req_file)
+    kernel = nb.metadata.get("kernelspec", {}).get("name") or "python3"
+    return NotebookInfo(
+        path=p.resolve(),
+        sha256=hashlib.sha256(data).hexdigest(),
+        cells=cells,
+        metadata=dict(meta),
+        requirements=tuple(dict.fromkeys(reqs)),
+        kernel_name=kernel,
+        raw=nb,
+    )
+
+
+def pip_requirements(source: str) -> list[str]:
+    """The requirements named by the ``%pip install`` / ``!pip install`` lines of a cell."""
+    reqs: list[str] = []
+    for line in source.splitlines():
+        m = _PIP_LINE.match(line)
+        if not m:
+            continue
+        words = shlex.split(m.group("args"), comments=True)
+        skip_next = False
+        for w in words:
+            if skip_next:
+                skip_next = False
+            elif w in {"-r", "-c", "-i", "--index-url", "--extra-index-url", "-f", "--find-links"}:
+                skip_next = True
+            elif not w.startswith("-"):
+                reqs.append(w)
+    return reqs
+
+
+def strip_pip_lines(source: str) -> str:
+    """The cell with its install lines turned into comments: the image installs them at build."""
+    return "\n".join(
+        f"# nb2svc: installed at build time: {line.strip()}" if _PIP_LINE.match(line) else line
+        for line in source.splitlines()
+    )
+
+
+def read_requirements_file(path: Path) -> list[str]:
+    out = []
+    for line in path.read_text().splitlines():
+        line = line.split(" #", 1)[0].strip()
+        if line and not line.startswith("#"):
+            out.append(line)
+    return out

@@ -1,0 +1,245 @@
+"""The OpenAPI 3.1 document of a service, from its spec: every status each operation can answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import __version__
+from .spec import ServiceSpec
+from .types import JSON
+
+_REF = "#/components/schemas/"
+RUN_STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"]
+
+ERROR_SCHEMA: dict[str, JSON] = {
+    "type": "object",
+    "required": ["error", "message"],
+    "properties": {
+        "error": {"type": "string", "description": "machine-readable code, e.g. validation_error"},
+        "message": {"type": "string"},
+        "detail": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["loc", "field", "type", "msg"],
+                "properties": {
+                    "loc": {"type": "array", "items": {"type": ["string", "integer"]}},
+                    "field": {"type": "string"},
+                    "type": {"type": "string", "enum": ["missing", "extra_forbidden", "invalid"]},
+                    "msg": {"type": "string"},
+                    "expected": {},
+                    "input": {},
+                },
+            },
+        },
+        "cell": {"type": "integer", "description": "1-based position of the cell that raised"},
+        "ename": {"type": "string"},
+        "evalue": {"type": "string"},
+        "traceback": {"type": "array", "items": {"type": "string"}},
+        "cause": {"type": "object", "description": "for a 503 after a failed setup: the setup's own error"},
+    },
+}
+
+HEALTH_SCHEMA: dict[str, JSON] = {
+    "type": "object",
+    "required": ["status"],
+    "properties": {
+        "status": {"type": "string", "enum": ["ok", "starting", "failed"]},
+        "kind": {"type": "string", "enum": ["serving", "training"]},
+        "notebook": {"type": "string"},
+        "error": {"type": ["object", "null"]},
+    },
+}
+
+
+def _error(desc: str) -> dict[str, JSON]:
+    return {"description": desc, "content": {"application/json": {"schema": {"$ref": _REF + "Error"}}}}
+
+
+def _json(desc: str, schema: str) -> dict[str, JSON]:
+    return {"description": desc, "content": {"application/json": {"schema": {"$ref": _REF + schema}}}}
+
+
+def _run_schema() -> dict[str, JSON]:
+    return {
+        "type": "object",
+        "required": ["id", "status", "links"],
+        "properties": {
+            "id": {"type": "string"},
+            "status": {"type": "string", "enum": RUN_STATUSES},
+            "parameters": {"$ref": _REF + "Parameters"},
+            "outputs": {"anyOf": [{"$ref": _REF + "Outputs"}, {"type": "null"}]},
+            "error": {"anyOf": [{"$ref": _REF + "Error"}, {"type": "null"}]},
+            "created_at": {"type": "string", "format": "date-time"},
+            "started_at": {"type": ["string", "null"], "format": "date-time"},
+            "finished_at": {"type": ["string", "null"], "format": "date-time"},
+            "duration_s": {"type": ["number", "null"]},
+            "artifacts": {"type": "array", "items": {"type": "string"}},
+            "links": {"type": "object", "additionalProperties": {"type": "string"}},
+        },
+    }
+
+
+def _body(required: bool) -> dict[str, JSON]:
+    return {
+        "required": required,
+        "content": {"application/json": {"schema": {"$ref": _REF + "Parameters"}}},
+    }
+
+
+def _common_errors(*codes: int) -> dict[str, JSON]:
+    texts = {
+        400: "the body is not valid JSON",
+        404: "no such run or file",
+        409: "the run has already finished",
+        413: "the body is larger than the service accepts",
+        422: "the parameters are invalid: each bad field is named",
+        500: "the notebook raised: the cell, the exception's name and message",
+        503: "the service is starting, its setup failed, or the queue is full",
+        504: "the notebook did not finish within the timeout",
+    }
+    return {str(c): _error(texts[c]) for c in codes}
+
+
+def _serving_paths(spec: ServiceSpec) -> dict[str, JSON]:
+    return {
+        "/invoke": {
+            "post": {
+                "operationId": "invoke",
+                "summary": f"Run {spec.name} on one set of parameters",
+                "requestBody": _body(required=any(p.required for p in spec.parameters)),
+                "responses": {
+                    "200": _json("the notebook's outputs", "Outputs"),
+                    **_common_errors(400, 413, 422, 500, 503, 504),
+                },
+            }
+        }
+    }
+
+
+def _training_paths(spec: ServiceSpec) -> dict[str, JSON]:
+    run_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+    run = _json("the run", "Run")
+    return {
+        "/runs": {
+            "post": {
+                "operationId": "start_run",
+                "summary": f"Start a run of {spec.name}",
+                "parameters": [
+                    {
+                        "name": "wait",
+                        "in": "query",
+                        "required": False,
+                        "description": "seconds to wait for the run to finish before answering",
+                        "schema": {"type": "number", "minimum": 0},
+                    }
+                ],
+                "requestBody": _body(required=any(p.required for p in spec.parameters)),
+                "responses": {
+                    "200": _json("the run finished within `wait`", "Run"),
+                    "202": _json("the run is queued or running", "Run"),
+                    **_common_errors(400, 413, 422, 503),
+                },
+            },
+            "get": {
+                "operationId": "list_runs",
+                "summary": "Runs, newest first",
+                "responses": {
+                    "200": {
+                        "description": "the runs",
+                        "content": {"application/json": {"schema": {"type": "array", "items": {"$ref": _REF + "Run"}}}},
+                    }
+                },
+            },
+        },
+        "/runs/{id}": {
+            "get": {
+                "operationId": "get_run",
+                "parameters": [run_id],
+                "responses": {"200": run, **_common_errors(404)},
+            },
+            "delete": {
+                "operationId": "cancel_run",
+                "summary": "Cancel a queued or running run",
+                "parameters": [run_id],
+                "responses": {"200": run, **_common_errors(404, 409)},
+            },
+        },
+        "/runs/{id}/notebook": {
+            "get": {
+                "operationId": "get_run_notebook",
+                "summary": "The executed notebook (as far as it has run)",
+                "parameters": [run_id],
+                "responses": {
+                    "200": {
+                        "description": "the notebook",
+                        "content": {"application/x-ipynb+json": {"schema": {"type": "object"}}},
+                    },
+                    **_common_errors(404),
+                },
+            }
+        },
+        "/runs/{id}/artifacts/{path}": {
+            "get": {
+                "operationId": "get_run_artifact",
+                "parameters": [
+                    run_id,
+                    {"name": "path", "in": "path", "required": True, "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": {
+                        "description": "the file",
+                        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+                    },
+                    **_common_errors(404),
+                },
+            }
+        },
+    }
+
+
+def openapi_document(spec: ServiceSpec) -> dict[str, Any]:
+    """OpenAPI 3.1 for the spec's service; `/openapi.json` answers exactly this."""
+    paths = _serving_paths(spec) if spec.kind == "serving" else _training_paths(spec)
+    paths["/health"] = {
+        "get": {
+            "operationId": "health",
+            "responses": {
+                "200": _json("setup is done", "Health"),
+                "503": _json("setup is running or failed", "Health"),
+            },
+        }
+    }
+    paths["/openapi.json"] = {
+        "get": {
+            "operationId": "openapi",
+            "responses": {"200": {"description": "this document", "content": {"application/json": {}}}},
+        }
+    }
+    paths["/metrics"] = {
+        "get": {
+            "operationId": "metrics",
+            "responses": {
+                "200": {"description": "Prometheus metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}
+            },
+        }
+    }
+    schemas: dict[str, JSON] = {
+        "Parameters": spec.input_schema(),
+        "Outputs": spec.output_schema(),
+        "Error": ERROR_SCHEMA,
+        "Health": HEALTH_SCHEMA,
+    }
+    if spec.kind == "training":
+        schemas["Run"] = _run_schema()
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": spec.name,
+            "version": spec.sha256[:12],
+            "description": f"{spec.kind} function compiled from {spec.notebook.name} by nb2svc {__version__}",
+        },
+        "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }

@@ -1,0 +1,213 @@
+"""Stage 3: a :class:`ServiceSpec` becomes a build context, a directory you can open and `docker build`.
+
+Dockerfile            from templates/Dockerfile.j2
+requirements.txt      the notebook's dependencies (%pip lines, requirements.txt beside it)
+build/pip/            the host's pip settings (deps stage only; see image.host_pip_settings)
+build/wheelhouse/     wheels for air-gapped installs
+runtime/nb2svc/       the nb2svc package (its dependencies are in the base image)
+service/              the notebook, and the backend's own files
+stack.yml             (openfaas) for faas-cli
+labels.json           the labels `build` stamps on the image
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import jinja2
+import nbformat
+
+from . import __version__
+from .backends.kernel_gateway import gateway_command, gateway_notebook
+from .errors import Nb2svcError
+from .openapi import openapi_document
+from .spec import ServiceSpec
+
+Backend = Literal["kernel-gateway", "openfaas"]
+BACKENDS: tuple[Backend, ...] = ("kernel-gateway", "openfaas")
+DEFAULT_BASE = "nb2svc/base:cpu"
+GPU_BASE = "nb2svc/base:cuda"
+COMMIT_LABELS = frozenset({"org.opencontainers.image.revision", "nb2svc.git.commit"})
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    backend: Backend = "kernel-gateway"
+    base: str | None = None  # an image made by `nb2svc base build`; default by `gpu`
+    gpu: bool = False
+    pip_settings: bool = True  # hand the host's pip.conf and CA bundle to the deps stage
+    wheelhouse: Path | None = None
+    watchdog_image: str | None = None  # openfaas: an image holding /fwatchdog (of-watchdog)
+    kernels: int = 1  # kernel-gateway: prespawned kernels, i.e. concurrent requests
+
+    @property
+    def base_image(self) -> str:
+        return self.base or (GPU_BASE if self.gpu else DEFAULT_BASE)
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    path: Path
+    spec: ServiceSpec
+    options: BuildOptions
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def content_hash(self) -> str:
+        """Of every file in the context: the same hash, the same image (a rebuild can be skipped)."""
+        h = hashlib.sha256()
+        for p in sorted(self.path.rglob("*")):
+            if p.is_file() and p.name != "labels.json":
+                h.update(str(p.relative_to(self.path)).encode() + b"\0" + p.read_bytes() + b"\0")
+        # The labels are part of the image too, but for the commit's value: an unchanged notebook in a
+        # later commit is the same image (it keeps the commit it was first built from).
+        labels = {k: ("<commit>" if k in COMMIT_LABELS else v) for k, v in self.labels.items()}
+        h.update(json.dumps(labels, sort_keys=True).encode())
+        return h.hexdigest()
+
+
+def _templates() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(resources.files("nb2svc.templates"))),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,  # noqa: S701  # Dockerfiles and YAML, not HTML
+    )
+
+
+def render(spec: ServiceSpec, out: Path, options: BuildOptions | None = None, image: str = "") -> BuildContext:
+    """Write the build context for ``spec`` into ``out`` (emptied first); exactly what `build` sends."""
+    options = options or BuildOptions()
+    if options.backend not in BACKENDS:
+        raise Nb2svcError(f"backend {options.backend!r} is unknown", "use kernel-gateway or openfaas")
+    if out.exists():
+        shutil.rmtree(out)
+    for d in ("build/pip", "build/wheelhouse", "runtime", "service"):
+        (out / d).mkdir(parents=True)
+    (out / "build/wheelhouse/.keep").write_text("")
+    (out / "build/pip/.keep").write_text("")
+    if options.pip_settings:
+        from .image import host_pip_settings
+
+        host_pip_settings(out / "build/pip")
+    if options.wheelhouse:
+        for wheel in options.wheelhouse.glob("*.whl"):
+            shutil.copy2(wheel, out / "build/wheelhouse" / wheel.name)
+    (out / "requirements.txt").write_text("".join(f"{r}\n" for r in spec.requirements))
+    shutil.copytree(
+        Path(__file__).parent, out / "runtime/nb2svc", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+    )
+    # The notebook keeps its name: the service's title, OpenAPI and errors name it as the user does.
+    notebook_path = f"/srv/nb2svc/{spec.notebook.name}"
+    shutil.copy2(spec.notebook, out / "service" / spec.notebook.name)
+
+    env = _templates()
+    command, extra_env, watchdog_stage, watchdog_copy = _backend(spec, out, options, notebook_path)
+    (out / "Dockerfile").write_text(
+        env.get_template("Dockerfile.j2").render(
+            version=__version__,
+            notebook=spec.notebook.name,
+            backend=options.backend,
+            base_image=options.base_image,
+            kind=spec.kind,
+            notebook_path=json.dumps(notebook_path),
+            command=json.dumps(command),
+            extra_env=extra_env,
+            watchdog_stage=watchdog_stage,
+            watchdog_copy=watchdog_copy,
+        )
+    )
+    if options.backend == "openfaas":
+        _openfaas_files(env, spec, out, image or f"{spec.name}:latest")
+    labels = image_labels(spec, options)
+    (out / "labels.json").write_text(json.dumps(labels, indent=1))
+    return BuildContext(out, spec, options, labels)
+
+
+def _backend(
+    spec: ServiceSpec, out: Path, options: BuildOptions, notebook_path: str
+) -> tuple[list[str], str, str, str]:
+    """(CMD, extra ENV lines, watchdog stage, watchdog copy) for the Dockerfile."""
+    if options.backend == "kernel-gateway":
+        nbformat.write(gateway_notebook(spec, notebook_path), out / "service/nb2svc-gateway.ipynb")
+        kernels = 1 if spec.kind == "training" else options.kernels  # runs are kept per kernel
+        gateway = " ".join(gateway_command("/srv/nb2svc/nb2svc-gateway.ipynb", "${PORT}", kernels))
+        return ["sh", "-c", f"exec {gateway}"], "", "", ""
+    if options.watchdog_image:
+        stage = f"FROM {options.watchdog_image} AS watchdog"
+        copy = "COPY --from=watchdog /fwatchdog /usr/bin/fwatchdog"
+        env = (
+            " \\\n    mode=http upstream_url=http://127.0.0.1:5000 NB2SVC_WATCHDOG=1"
+            ' fprocess="python3 -m nb2svc.backends.openfaas"'
+        )
+        return ["fwatchdog"], env, stage, copy
+    return ["python3", "-m", "nb2svc.backends.openfaas"], "", "", ""
+
+
+def _openfaas_files(env: jinja2.Environment, spec: ServiceSpec, out: Path, image: str) -> None:
+    tpl = resources.files("nb2svc.templates") / "openfaas"
+    for name in ("template.yml", "handler.py"):
+        (out / "service" / name).write_text((tpl / name).read_text())
+    timeout = f"{int(spec.resources.timeout or (60 if spec.kind == 'serving' else 3600))}s"
+    limits = []
+    if spec.resources.memory or spec.resources.cpu:
+        limits.append("    limits:")
+        if spec.resources.memory:
+            limits.append(f"      memory: {spec.resources.memory}")
+        if spec.resources.cpu:
+            limits.append(f'      cpu: "{spec.resources.cpu}"')
+    (out / "stack.yml").write_text(
+        env.get_template("openfaas/stack.yml.j2").render(
+            version=__version__,
+            gateway="http://127.0.0.1:8080",
+            name=spec.name.replace("_", "-").lower(),
+            image=image,
+            timeout=timeout,
+            kind=spec.kind,
+            sha256=spec.sha256,
+            limits="\n".join(limits),
+        )
+    )
+
+
+def image_labels(spec: ServiceSpec, options: BuildOptions) -> dict[str, str]:
+    labels = {
+        "org.opencontainers.image.title": spec.name,
+        "org.opencontainers.image.description": f"{spec.kind} function compiled by nb2svc from {spec.notebook.name}",
+        "org.opencontainers.image.version": spec.sha256[:12],
+        "org.opencontainers.image.base.name": options.base_image,
+        "nb2svc.version": __version__,
+        "nb2svc.base": "0",  # a function image, not a base (the base's own label would be inherited)
+        "nb2svc.kind": spec.kind,
+        "nb2svc.backend": options.backend,
+        "nb2svc.notebook.sha256": spec.sha256,
+        "nb2svc.openapi": json.dumps(openapi_document(spec), separators=(",", ":")),
+        "nb2svc.gpu": "true" if options.gpu or spec.resources.gpu else "false",
+    }
+    commit = _git_commit(spec.notebook.parent)
+    if commit:
+        labels["org.opencontainers.image.revision"] = commit
+        labels["nb2svc.git.commit"] = commit
+    return labels
+
+
+def _git_commit(where: Path) -> str | None:
+    try:
+        out = subprocess.run(  # fixed arguments
+            ["git", "rev-parse", "HEAD"],  # noqa: S607  # git from PATH, as the user runs it
+            cwd=where,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None

@@ -1,0 +1,54 @@
+"""Service settings, read from an injected mapping (the environment in production)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import Nb2svcError
+from ..spec import ServiceSpec
+
+
+@dataclass(frozen=True)
+class Config:
+    workers: int = 1  # serving: processes that each hold the notebook's state
+    max_body: int = 10 * 1024 * 1024  # bytes; larger bodies get a 413
+    timeout: float = 60.0  # seconds per request (serving) or per run (training)
+    max_runs: int = 1  # training: runs at once; the rest queue
+    max_queue: int = 100  # training: queued runs before POST /runs answers 503
+    warm_kernels: int = 1  # training: kernels started ahead of runs
+    runs_dir: Path = Path(".nb2svc/runs")
+    debug: bool = False  # tracebacks in 500 bodies
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], spec: ServiceSpec) -> Config:
+        """``NB2SVC_*`` variables over the notebook's ``metadata.nb2svc`` over the defaults."""
+
+        def num(key: str, default: float, cast: type[int] | type[float] = int) -> float:
+            raw = env.get(key)
+            if raw is None or raw == "":
+                return default
+            try:
+                value = cast(raw)
+            except ValueError:
+                raise Nb2svcError(f"{key}={raw!r} is not a number") from None
+            if value < 0:
+                raise Nb2svcError(f"{key}={raw!r} must not be negative")
+            return value
+
+        default_timeout = spec.resources.timeout or (60.0 if spec.kind == "serving" else 24 * 3600.0)
+        max_runs = int(num("NB2SVC_MAX_RUNS", 1))
+        timeout = float(num("NB2SVC_TIMEOUT", default_timeout, float))
+        if timeout == 0:
+            raise Nb2svcError("NB2SVC_TIMEOUT=0: a timeout must be a positive number of seconds")
+        return cls(
+            workers=max(1, int(num("NB2SVC_WORKERS", 1))),
+            max_body=int(num("NB2SVC_MAX_BODY", cls.max_body)),
+            timeout=timeout,
+            max_runs=max(1, max_runs),
+            max_queue=int(num("NB2SVC_MAX_QUEUE", cls.max_queue)),
+            warm_kernels=int(num("NB2SVC_WARM_KERNELS", max(1, max_runs) + 1)),
+            runs_dir=Path(env.get("NB2SVC_RUNS_DIR") or Path(".nb2svc/runs") / spec.name),
+            debug=env.get("NB2SVC_DEBUG", "").lower() in {"1", "true", "yes", "on"},
+        )

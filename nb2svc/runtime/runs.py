@@ -1,0 +1,94 @@
+"""Training runs on disk: one folder a run, so a restarted service keeps every finished run.
+
+RUNS_DIR/<id>/run.json        the record (status, parameters, outputs, error, times)
+RUNS_DIR/<id>/parameters.json the values the notebook reads
+RUNS_DIR/<id>/input.ipynb     the notebook as it is run (parameters cell injected)
+RUNS_DIR/<id>/notebook.ipynb  the executed notebook (written as it runs)
+RUNS_DIR/<id>/artifacts/      $NB2SVC_ARTIFACTS for the run
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class Run:
+    id: str
+    status: str
+    parameters: dict[str, Any]
+    created_at: str
+    outputs: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    duration_s: float | None = None
+    artifacts: list[str] = field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        return self.status in TERMINAL
+
+
+class RunStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def new(self, parameters: dict[str, Any]) -> Run:
+        run = Run(id=uuid.uuid4().hex[:16], status="queued", parameters=parameters, created_at=now())
+        self.dir(run.id).mkdir()
+        self.artifacts_dir(run.id).mkdir()
+        (self.dir(run.id) / "parameters.json").write_text(json.dumps(parameters))
+        self.save(run)
+        return run
+
+    def dir(self, run_id: str) -> Path:
+        return self.root / run_id
+
+    def artifacts_dir(self, run_id: str) -> Path:
+        return self.dir(run_id) / "artifacts"
+
+    def notebook(self, run_id: str) -> Path:
+        return self.dir(run_id) / "notebook.ipynb"
+
+    def save(self, run: Run) -> None:
+        """Write the record atomically: a crash mid-write never leaves a half record."""
+        if run.done:
+            run.artifacts = self.list_artifacts(run.id)
+        tmp = self.dir(run.id) / "run.json.tmp"
+        tmp.write_text(json.dumps(asdict(run), indent=1))
+        os.replace(tmp, self.dir(run.id) / "run.json")
+
+    def load_all(self) -> list[Run]:
+        runs = []
+        for path in self.root.glob("*/run.json"):
+            try:
+                runs.append(Run(**json.loads(path.read_text())))
+            except (ValueError, TypeError):
+                continue  # a foreign or corrupt folder: not ours to serve
+        return sorted(runs, key=lambda r: r.created_at)
+
+    def list_artifacts(self, run_id: str) -> list[str]:
+        base = self.artifacts_dir(run_id)
+        return sorted(str(p.relative_to(base)) for p in base.rglob("*") if p.is_file())
+
+    def artifact(self, run_id: str, rel: str) -> Path | None:
+        """The artifact's path, or None if it is missing or outside the run's folder."""
+        base = self.artifacts_dir(run_id).resolve()
+        path = (base / rel).resolve()
+        if not path.is_relative_to(base) or not path.is_file():
+            return None
+        return path

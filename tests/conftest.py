@@ -1,0 +1,125 @@
+"""Shared fixtures: notebooks on disk and real `nb2svc serve` processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+NOTEBOOKS = Path(__file__).parent / "notebooks"
+ROOT = Path(__file__).parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Service:
+    """A `nb2svc serve` subprocess and a client for it."""
+
+    def __init__(
+        self,
+        notebook: Path,
+        env: Mapping[str, str] | None = None,
+        kind: str | None = None,
+        command: list[str] | None = None,
+        health: str = "/health",
+    ) -> None:
+        self.notebook = notebook
+        self.command = command
+        self.health = health
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, **(env or {})}
+        self.kind = kind
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.http = httpx.Client(base_url=self.url, timeout=60)
+
+    def start(self, wait_for: tuple[int, ...] = (200,)) -> Service:
+        cmd = self.command or [
+            sys.executable,
+            "-m",
+            "nb2svc.cli",
+            "serve",
+            str(self.notebook),
+            "--port",
+            str(self.port),
+        ]
+        if self.kind:
+            cmd += ["--kind", self.kind]
+        self.env["PORT"] = str(self.port)
+        self.proc = subprocess.Popen(cmd, env=self.env, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"nb2svc serve exited with {self.proc.returncode}"
+            try:
+                if self.http.get(self.health).status_code in wait_for:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"{self.notebook.name} never became healthy")
+
+    def stop(self) -> None:
+        self.http.close()
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+    def post(self, path: str, body: Any = None, **kw: Any) -> httpx.Response:
+        return self.http.post(path, json=body, **kw)
+
+
+@pytest.fixture
+def serve() -> Iterator[Any]:
+    """Start services for one test; all are stopped after it."""
+    started: list[Service] = []
+
+    def start(
+        notebook: Path, env: Mapping[str, str] | None = None, wait_for: tuple[int, ...] = (200,), **kw: Any
+    ) -> Service:
+        svc = Service(notebook, env, **kw)
+        started.append(svc)
+        return svc.start(wait_for)
+
+    yield start
+    for svc in started:
+        svc.stop()
+
+
+def conforms(openapi: dict[str, Any], path: str, method: str, response: httpx.Response) -> None:
+    """Assert a response is one the OpenAPI document lists, with a body its schema accepts."""
+    op = openapi["paths"][path][method]
+    assert str(response.status_code) in op["responses"], f"{response.status_code} not documented for {method} {path}"
+    content = op["responses"][str(response.status_code)].get("content", {})
+    media = response.headers["content-type"].split(";")[0]
+    assert media in content, f"{media} not documented for {response.status_code}"
+    schema = content[media].get("schema")
+    if schema and media == "application/json":
+        registry: Registry = Registry().with_resource(
+            "root", Resource.from_contents(openapi, default_specification=DRAFT202012)
+        )
+        validator = Draft202012Validator(
+            {"$ref": "root" + schema["$ref"]} if "$ref" in schema else schema, registry=registry
+        )
+        errors = [e.message for e in validator.iter_errors(response.json())]
+        assert not errors, errors

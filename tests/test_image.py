@@ -1,0 +1,243 @@
+"""Images for real: render → build → push → remove → pull → run → the contract, for both backends.
+
+Needs what `scripts/docker-setup` starts: dockerd, a registry on 127.0.0.1:5000, and the OS image
+nb2svc-test/debian:bookworm (debootstrap, no Docker Hub).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import tarfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nbformat
+import pytest
+
+from nb2svc import inspect_notebook, openapi_document
+from nb2svc.build import build, pull, push, run
+from nb2svc.errors import Nb2svcError
+from nb2svc.image import BuildError, build_base, connect
+from nb2svc.render import BuildOptions, render
+
+from .conftest import NOTEBOOKS, free_port
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+OS_IMAGE = "nb2svc-test/debian:bookworm"
+BASE = "nb2svc-test/base:cpu"
+REGISTRY = "127.0.0.1:5000"
+SAMPLE = Path(__file__).parent.parent / "sample_notebooks" / "iris_nearest.ipynb"
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Any]:
+    try:
+        c = connect()
+    except Exception as e:
+        pytest.fail(f"Docker is needed here (run scripts/docker-setup): {e}")
+    build_base(c, BASE, OS_IMAGE)  # cached by Docker after the first time
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def containers(client: Any) -> Iterator[list[str]]:
+    started: list[str] = []
+    yield started
+    for cid in started:
+        try:
+            client.containers.get(cid).remove(force=True)
+        except Exception:  # noqa: S110  # already gone
+            pass
+
+
+def _layers(client: Any, ref: str) -> Iterator[tuple[str, bytes]]:
+    """(path, content) of every file in every layer of the image."""
+    data = b"".join(client.images.get(ref).save())
+    outer = tarfile.open(fileobj=io.BytesIO(data))
+    for member in outer.getmembers():
+        if member.name.endswith("layer.tar"):
+            layer = tarfile.open(fileobj=outer.extractfile(member))
+            for f in layer.getmembers():
+                if f.isfile():
+                    yield f.name, layer.extractfile(f).read()  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("backend", ["kernel-gateway", "openfaas"])
+def test_build_push_pull_run_answers_the_contract(
+    client: Any, containers: list[str], tmp_path: Path, backend: str
+) -> None:
+    spec = inspect_notebook(SAMPLE)
+    ref = f"{REGISTRY}/test/iris-{backend}:{spec.sha256[:8]}"
+    context = render(spec, tmp_path / "ctx", BuildOptions(backend=backend, base=BASE), ref)  # type: ignore[arg-type]
+    image = build(context, ref, client=client)
+    pushed = push(ref, client=client)
+    assert pushed.startswith(f"{REGISTRY}/test/iris-{backend}@sha256:")
+    client.images.remove(ref, force=True)
+    pull(ref, client=client)
+
+    labels = client.images.get(ref).labels
+    assert labels["nb2svc.kind"] == "serving" and labels["nb2svc.backend"] == backend
+    assert labels["nb2svc.notebook.sha256"] == spec.sha256
+    assert json.loads(labels["nb2svc.openapi"]) == json.loads(json.dumps(openapi_document(spec)))
+    assert labels["org.opencontainers.image.title"] == "iris_nearest"
+    assert "org.opencontainers.image.revision" in labels  # built from this git checkout
+    assert client.images.get(ref).attrs["Config"]["Healthcheck"]["Test"][0] == "CMD"
+    assert image.id == client.images.get(ref).id
+
+    running = run(ref, port=free_port(), client=client)
+    containers.append(running.container_id)
+    ok = httpx.post(f"{running.url}/invoke", json={"features": [6.7, 3.0, 5.2, 2.3]}, timeout=30)
+    assert ok.status_code == 200 and ok.json()["label"] == "virginica"
+    bad = httpx.post(f"{running.url}/invoke", json={"features": "x", "zzz": 1}, timeout=30)
+    assert bad.status_code == 422 and {d["field"] for d in bad.json()["detail"]} == {"features", "zzz"}
+    served = httpx.get(f"{running.url}/openapi.json", timeout=30).json()
+    cli = subprocess.run(
+        [sys.executable, "-m", "nb2svc.cli", "inspect", "--openapi", str(SAMPLE)], capture_output=True, check=True
+    )
+    assert served == json.loads(cli.stdout)
+    container = client.containers.get(running.container_id)
+    assert container.exec_run("id -u").output.strip() == b"10001"  # not root
+
+
+def test_editing_code_reuses_the_dependency_layers_and_no_secret_is_left(client: Any, tmp_path: Path) -> None:
+    nb = nbformat.read(NOTEBOOKS / "raises.ipynb", as_version=4)
+    nb.cells[0].source = "%pip install six==1.16.0\nimport math, six"
+    path = tmp_path / "with_deps.ipynb"
+    nbformat.write(nb, path)
+    log: list[str] = []
+    first = build(
+        render(inspect_notebook(path), tmp_path / "a", BuildOptions(base=BASE)),
+        "nb2svc-test/deps:1",
+        client=client,
+        progress=log.append,
+        no_cache=True,  # a cold build, whatever an earlier run left in Docker's cache
+    )
+    assert any("Successfully installed six-1.16.0" in line for line in log)
+
+    nb.cells[2].source += f"\ny = y * 1  # a code edit, new on every run: {uuid.uuid4()}"
+    nbformat.write(nb, path)
+    log.clear()
+    second = build(
+        render(inspect_notebook(path), tmp_path / "b", BuildOptions(base=BASE)),
+        "nb2svc-test/deps:2",
+        client=client,
+        progress=log.append,
+    )
+    assert second.id != first.id
+    steps = _step_cache(log)
+    assert steps["RUN set -eu; mkdir -p /opt/nb2svc/user"] and steps["COPY --from=deps"]
+    assert steps["COPY runtime/"]
+    assert not steps["COPY service/"]  # the notebook's own layer, the only one rebuilt
+
+    again = build(
+        render(inspect_notebook(path), tmp_path / "c", BuildOptions(base=BASE)), "nb2svc-test/deps:3", client=client
+    )
+    assert again.cached and again.id == second.id  # the same content: nothing built
+
+    secrets = {(tmp_path / "b" / "build/pip" / f).read_bytes() for f in ("ca.pem", "pip.conf")}
+    assert len(b"".join(secrets)) > 1000  # the deps stage did get the host's CA bundle
+    for name, content in _layers(client, "nb2svc-test/deps:2"):
+        assert not name.endswith(("nb2svc-pip/ca.pem", "nb2svc-pip/pip.conf")), name
+        assert content not in secrets, f"the build's pip settings are in {name}"
+
+
+def _step_cache(log: list[str]) -> dict[str, bool]:
+    """Each step's instruction prefix → whether Docker reused its cache."""
+    out: dict[str, bool] = {}
+    current = None
+    for line in log:
+        if line.startswith("Step "):
+            current = line.split(" : ", 1)[1]
+            out[current] = False
+        elif current and "Using cache" in line:
+            out[current] = True
+    keys = ["RUN set -eu; mkdir -p /opt/nb2svc/user", "COPY --from=deps", "COPY runtime/", "COPY service/"]
+    return {k: any(v for step, v in out.items() if step.startswith(k)) for k in keys}
+
+
+def test_a_failing_pip_line_shows_the_steps_log(client: Any, tmp_path: Path) -> None:
+    nb = nbformat.read(NOTEBOOKS / "raises.ipynb", as_version=4)
+    nb.cells[0].source = "%pip install nb2svc-no-such-package-xyz==9.9\nimport math"
+    path = tmp_path / "bad_deps.ipynb"
+    nbformat.write(nb, path)
+    with pytest.raises(BuildError) as info:
+        build(
+            render(inspect_notebook(path), tmp_path / "ctx", BuildOptions(base=BASE)),
+            "nb2svc-test/bad:1",
+            client=client,
+        )
+    assert "mkdir -p /opt/nb2svc/user" in str(info.value)  # names the failing step
+    assert any("nb2svc-no-such-package-xyz" in line for line in info.value.log)
+    r = subprocess.run(
+        [sys.executable, "-m", "nb2svc.cli", "build", str(path), "-t", "nb2svc-test/bad:2", "--base", BASE, "--quiet"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 1 and "nb2svc-no-such-package-xyz" in r.stderr
+
+
+def test_unreachable_registry_and_daemon_exit_3(client: Any) -> None:
+    client.images.get(BASE).tag(f"127.0.0.1:{free_port()}/x/y", tag="1")
+    ref = next(t for t in client.images.get(BASE).tags if t.startswith("127.0.0.1:") and "/x/y" in t)
+    r = subprocess.run([sys.executable, "-m", "nb2svc.cli", "push", ref], capture_output=True, text=True)
+    assert r.returncode == 3 and "pushing" in r.stderr
+    client.images.remove(ref)
+    env = {"DOCKER_HOST": "unix:///nonexistent/docker.sock", "PATH": "/usr/bin:/bin"}
+    r = subprocess.run(
+        [sys.executable, "-m", "nb2svc.cli", "build", str(SAMPLE), "-t", "x:1"], capture_output=True, text=True, env=env
+    )
+    assert r.returncode == 3 and "cannot reach the Docker daemon" in r.stderr
+
+
+def test_a_plain_os_image_as_base(client: Any, containers: list[str], tmp_path: Path) -> None:
+    """--base takes any image with Python 3.11+: nb2svc builds its base layers on it first (cached)."""
+    spec = inspect_notebook(SAMPLE)
+    log: list[str] = []
+    context = render(spec, tmp_path / "ctx", BuildOptions(backend="openfaas", base=OS_IMAGE))
+    image = build(context, "nb2svc-test/iris-plain:1", client=client, progress=log.append)
+    assert any("is not an nb2svc base" in line for line in log)
+    derived = client.images.get("nb2svc/base:on-nb2svc-test-debian-bookworm")
+    assert derived.labels["nb2svc.base"] == "1"
+    running = run(image.ref, port=free_port(), client=client)
+    containers.append(running.container_id)
+    ok = httpx.post(f"{running.url}/invoke", json={"features": [5.1, 3.5, 1.4, 0.2]}, timeout=30)
+    assert ok.status_code == 200 and ok.json()["label"] == "setosa"
+
+
+@pytest.mark.parametrize("backend", ["kernel-gateway", "openfaas"])
+def test_a_training_image_runs_jobs(client: Any, containers: list[str], tmp_path: Path, backend: str) -> None:
+    notebook = SAMPLE.parent / "fit_line.ipynb"
+    context = render(inspect_notebook(notebook), tmp_path / "ctx", BuildOptions(backend=backend, base=BASE))  # type: ignore[arg-type]
+    image = build(context, f"nb2svc-test/fit-{backend}:1", client=client)
+    assert client.images.get(image.ref).labels["nb2svc.kind"] == "training"
+    running = run(image.ref, port=free_port(), client=client)
+    containers.append(running.container_id)
+    r = httpx.post(f"{running.url}/runs", params={"wait": 60}, json={"epochs": 50}, timeout=90)
+    assert r.status_code == 200 and r.json()["status"] == "succeeded", r.text
+    run_id = r.json()["id"]
+    model = httpx.get(f"{running.url}/runs/{run_id}/artifacts/model.json", timeout=30).json()
+    assert model["parameters"]["epochs"] == 50 and model["slope"] == r.json()["outputs"]["slope"]
+    notebook_json = httpx.get(f"{running.url}/runs/{run_id}/notebook", timeout=30).json()
+    assert notebook_json["metadata"]["papermill"]["parameters"] == {"epochs": 50}
+
+
+def test_run_reports_a_failed_setup_and_removes_the_container(client: Any, tmp_path: Path) -> None:
+    context = render(
+        inspect_notebook(NOTEBOOKS / "setup_fails.ipynb"), tmp_path / "ctx", BuildOptions(backend="openfaas", base=BASE)
+    )
+    image = build(context, "nb2svc-test/setup-fails:1", client=client)
+    before = {c.id for c in client.containers.list(all=True)}
+    started = time.monotonic()
+    with pytest.raises(Nb2svcError, match="failed its setup: setup cell 1 raised RuntimeError: model file missing"):
+        run(image.ref, port=free_port(), client=client, timeout=120)
+    assert time.monotonic() - started < 60  # it does not wait for the timeout
+    assert {c.id for c in client.containers.list(all=True)} <= before  # nothing left behind
