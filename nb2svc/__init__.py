@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "InvalidInput": "runtime.errors",
     "Nb2svcError": "errors",
     "NotebookError": "errors",
     "SpecError": "errors",
@@ -24,6 +25,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "InvalidInput",
     "Nb2svcError",
     "NotebookError",
     "NotebookInfo",
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
     from .errors import Nb2svcError, NotebookError, SpecError
     from .notebook import NotebookInfo, load_notebook
     from .openapi import openapi_document
+    from .runtime.errors import InvalidInput
     from .spec import ServiceSpec, build_spec, inspect_notebook
 
 

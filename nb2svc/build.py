@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -30,7 +31,7 @@ class RegistryError(ExternalError):
 class ImageRef:
     ref: str  # the tag built, e.g. 127.0.0.1:5000/team/iris:abc123
     id: str
-    content_hash: str
+    content_hash: str  # of the context and the base image's id (the image's nb2svc.context.sha256 label)
     cached: bool  # the same context was already built: nothing was rebuilt
 
 
@@ -40,8 +41,8 @@ def _quiet(_line: str) -> None:
 
 def resolve_base(
     client: Any, base: str, progress: Progress = _quiet, *, pip_settings: bool = True, wheelhouse: Path | None = None
-) -> str:
-    """``base`` itself if it is an nb2svc base image; else the nb2svc base built on it (cached by Docker)."""
+) -> tuple[str, str]:
+    """(name, id) of ``base`` itself if it is an nb2svc base image; else of the nb2svc base built on it."""
     try:
         image = client.images.get(base)
     except docker.errors.ImageNotFound:
@@ -49,11 +50,11 @@ def resolve_base(
             f"base image {base!r} is not here", "build it with `nb2svc base build`, or pull it, then build again"
         ) from None
     if (image.labels or {}).get(BASE_LABEL) == "1":
-        return base
+        return base, str(image.id)
     derived = "nb2svc/base:on-" + re.sub(r"[^a-z0-9_.-]+", "-", base.lower()).strip("-.")[:100]
     progress(f"{base} is not an nb2svc base: building {derived} on it first")
-    build_base(client, derived, base, pip_settings=pip_settings, wheelhouse=wheelhouse, progress=progress)
-    return derived
+    image_id = build_base(client, derived, base, pip_settings=pip_settings, wheelhouse=wheelhouse, progress=progress)
+    return derived, image_id
 
 
 def build(
@@ -67,7 +68,12 @@ def build(
 ) -> ImageRef:
     """Build the context as ``tag``; a context already built (same content hash) is only re-tagged."""
     client = client or connect()
-    content_hash = context.content_hash
+    options = context.options
+    base, base_id = resolve_base(
+        client, options.base_image, progress, pip_settings=options.pip_settings, wheelhouse=options.wheelhouse
+    )
+    # The context and the base it is built on: a rebuilt base (new packages, a new CUDA) is a new image.
+    content_hash = hashlib.sha256(f"{context.content_hash}\0{base_id}".encode()).hexdigest()
     if not no_cache:
         try:  # the common no-op: the tag already names this content (one lookup, not a search)
             current = client.images.get(tag)
@@ -81,17 +87,14 @@ def build(
             done[0].tag(tag)
             progress(f"unchanged since {done[0].short_id}: tagged {tag}, nothing to build")
             return ImageRef(tag, done[0].id, content_hash, cached=True)
-    options = context.options
-    base = resolve_base(
-        client, options.base_image, progress, pip_settings=options.pip_settings, wheelhouse=options.wheelhouse
-    )
     try:
         chunks = client.api.build(
             path=str(context.path),
             tag=tag,
             decode=True,
             buildargs={"BASE_IMAGE": base, **proxy_build_args(), **(build_args or {})},
-            labels={**context.labels, CONTEXT_LABEL: content_hash},
+            # the rest are in the Dockerfile's one LABEL step
+            labels={**{k: context.labels[k] for k in context.build_labels}, CONTEXT_LABEL: content_hash},
             network_mode="host",  # the deps stage's pip reaches what the host's pip reaches
             rm=True,
             forcerm=True,
@@ -156,24 +159,39 @@ def run(
     ref: str,
     *,
     port: int = 8080,
-    gpus: bool = False,
+    gpus: bool | None = None,
     env: Mapping[str, str] | None = None,
     client: Any = None,
     timeout: float = 120.0,
+    remove: bool = False,
+    volumes: Mapping[str, str] | None = None,
 ) -> Running:
     """Start ``ref`` with its port published on 127.0.0.1, wait for ``/health`` to answer 200.
 
-    A container that exits, or whose ``/health`` says its setup failed, is removed and reported with its
-    log's tail; one still unhealthy at ``timeout`` is left running for ``docker logs``.
+    ``gpus=None`` gives the container every GPU when the image's ``nb2svc.gpu`` label asks for one.
+    ``remove`` has Docker remove the container when it stops. ``volumes`` maps host folders (or volume
+    names) to paths in the container, e.g. a folder for training runs at /var/lib/nb2svc/runs.
+    A container that exits, or whose ``/health`` says its setup failed, is removed and reported with
+    its log's tail; one still unhealthy at ``timeout`` is left running for ``docker logs``.
     """
     client = client or connect()
     env = dict(env or {})
     inner = int(env.get("PORT", "8080"))  # the image listens on $PORT
+    if gpus is None:
+        try:
+            gpus = (client.images.get(ref).labels or {}).get("nb2svc.gpu") == "true"
+        except docker.errors.ImageNotFound:
+            gpus = False  # pulled by create below
     devices = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])] if gpus else None
     container = None
     try:
         container = client.containers.create(
-            ref, ports={f"{inner}/tcp": ("127.0.0.1", port)}, environment=env, device_requests=devices
+            ref,
+            ports={f"{inner}/tcp": ("127.0.0.1", port)},
+            environment=env,
+            device_requests=devices,
+            auto_remove=remove,
+            volumes={src: {"bind": dst, "mode": "rw"} for src, dst in (volumes or {}).items()},
         )
         container.start()
     except docker.errors.ImageNotFound:
@@ -181,12 +199,15 @@ def run(
     except docker.errors.APIError as e:
         if container is not None:
             container.remove(force=True)
-        hint = "is the NVIDIA container toolkit installed?" if gpus else None
+        hint = "is the NVIDIA container toolkit installed? (--no-gpus runs it on the CPU)" if gpus else None
         raise ExternalError(f"starting {ref} failed: {e.explanation or e}", hint) from e
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        container.reload()
+        try:
+            container.reload()
+        except docker.errors.NotFound:  # exited, and removed by Docker (remove=True)
+            raise Nb2svcError(f"{ref} exited before it was healthy", "run it without --rm to see its log") from None
         failed = None
         if container.status == "exited":
             failed = "exited before it was healthy"
@@ -200,8 +221,11 @@ def run(
             except (httpx.HTTPError, ValueError):
                 pass
         if failed:
-            logs = container.logs(tail=30).decode(errors="replace").rstrip()
-            container.remove(force=True)
+            try:
+                logs = container.logs(tail=30).decode(errors="replace").rstrip()
+                container.remove(force=True)
+            except docker.errors.NotFound:
+                logs = "(its log went with it: run it without --rm to keep it)"
             raise Nb2svcError(f"{ref} {failed}\n{logs}", "fix the notebook, or run it with `nb2svc serve` to see why")
         time.sleep(0.25)
     raise ExternalError(f"{ref} was not healthy within {timeout:g} s", f"see `docker logs {container.short_id}`")

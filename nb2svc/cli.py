@@ -6,6 +6,7 @@ Exit codes: 0 ok, 1 the user's input is wrong, 2 usage, 3 an external system fai
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -146,9 +147,14 @@ def _build_options(
     no_pip_settings: bool,
     watchdog_image: str | None,
     kernels: int,
+    artifacts: tuple[str, ...],
+    bake_env: tuple[str, ...],
 ) -> Any:
-    from .render import BuildOptions
+    from .render import Artifact, BuildOptions
 
+    for e in bake_env:
+        if "=" not in e:
+            raise click.BadParameter(f"{e!r} is not NAME=VALUE", param_hint="--env")
     return BuildOptions(
         backend=backend,  # type: ignore[arg-type]  # click.Choice has checked it
         base=base,
@@ -157,6 +163,8 @@ def _build_options(
         wheelhouse=Path(wheelhouse) if wheelhouse else None,
         watchdog_image=watchdog_image,
         kernels=kernels,
+        artifacts=tuple(Artifact.parse(a) for a in artifacts),
+        env=tuple((k, v) for k, _, v in (e.partition("=") for e in bake_env)),
     )
 
 
@@ -175,6 +183,21 @@ def _image_options(f: Any) -> Any:
             click.option("--wheelhouse", type=click.Path(file_okay=False, exists=True), help="Wheels for pip."),
             click.option("--no-pip-settings", is_flag=True, help="Don't hand the host's pip.conf and CA to pip."),
             click.option("--watchdog-image", help="openfaas: an image holding /fwatchdog (of-watchdog)."),
+            click.option(
+                "--artifact",
+                "artifacts",
+                multiple=True,
+                metavar="SRC[:DEST]",
+                help="Bake a file or folder (model weights) into a layer of its own; "
+                "DEST defaults to /srv/nb2svc/artifacts/NAME.",
+            ),
+            click.option(
+                "--env",
+                "bake_env",
+                multiple=True,
+                metavar="NAME=VALUE",
+                help="Set in the image, e.g. where the notebook finds its artifact.",
+            ),
             click.option(
                 "--kernels",
                 default=1,
@@ -264,13 +287,51 @@ def push(ref: str, show_progress: bool) -> None:
 @main.command()
 @click.argument("ref")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535), help="Port on 127.0.0.1.")
-@click.option("--gpus", is_flag=True, help="Give the container every GPU (--gpus all).")
+@click.option(
+    "--gpus/--no-gpus",
+    default=None,
+    help="Give the container every GPU (--gpus all). Default: when the image was built for a GPU.",
+)
 @click.option("-e", "--env", "env", multiple=True, metavar="K=V", help="NB2SVC_* settings and the like.")
-def run(ref: str, port: int, gpus: bool, env: tuple[str, ...]) -> None:
+@click.option(
+    "--timeout", default=120.0, show_default=True, type=click.FloatRange(1), help="Seconds to wait for /health."
+)
+@click.option("--rm", "remove", is_flag=True, help="Remove the container when it stops.")
+@click.option(
+    "-v",
+    "--volume",
+    "volumes",
+    multiple=True,
+    metavar="SRC:DEST",
+    help="Mount a host folder or a volume, e.g. runs/:/var/lib/nb2svc/runs to keep training runs.",
+)
+def run(
+    ref: str,
+    port: int,
+    gpus: bool | None,
+    env: tuple[str, ...],
+    timeout: float,
+    remove: bool,
+    volumes: tuple[str, ...],
+) -> None:
     """Start an image, wait until it is healthy, print its URL."""
     from .build import run as run_image
 
-    running = run_image(ref, port=port, gpus=gpus, env=dict(e.partition("=")[::2] for e in env))
+    mounts: dict[str, str] = {}
+    for v in volumes:
+        src, sep, dst = v.rpartition(":")
+        if not sep or not src or not dst.startswith("/"):
+            raise click.BadParameter(f"{v!r} is not SRC:/path/in/container", param_hint="--volume")
+        mounts[os.path.abspath(src) if "/" in src or src.startswith(".") else src] = dst
+    running = run_image(
+        ref,
+        port=port,
+        gpus=gpus,
+        env=dict(e.partition("=")[::2] for e in env),
+        timeout=timeout,
+        remove=remove,
+        volumes=mounts,
+    )
     click.echo(running.url)
     click.echo(f"container {running.container_id[:12]} (docker stop {running.container_id[:12]})", err=True)
 

@@ -78,6 +78,12 @@ class BuildError(Nb2svcError):
         super().__init__("\n".join([message, *(f"  | {line}" for line in self.log)]))
 
 
+class ImageUnavailable(BuildError):
+    """A ``FROM`` image could not be pulled: a registry is unreachable or does not have it."""
+
+    exit_code = 3
+
+
 def connect(base_url: str | None = None) -> Any:
     """A ``docker.DockerClient`` for ``base_url`` (default: the environment's), checked with a ping."""
     url = base_url or os.environ.get("DOCKER_HOST") or _DEFAULT_DOCKER_HOST
@@ -203,6 +209,9 @@ def _assemble_context(
                 shutil.copy2(wheel, context / "wheelhouse" / wheel.name)
 
 
+_LINE_MAX = 300  # a LABEL step holding the OpenAPI document is one very long line
+
+
 def follow_build_log(chunks: Iterable[Mapping[str, Any]], what: str, progress: Callable[[str], None]) -> str | None:
     """Pass the build's output lines to ``progress``; raise :class:`BuildError` on its error."""
     step = ""
@@ -214,7 +223,7 @@ def follow_build_log(chunks: Iterable[Mapping[str, Any]], what: str, progress: C
             line = line.rstrip()
             if not line:
                 continue
-            progress(line)
+            progress(line if len(line) <= _LINE_MAX else line[:_LINE_MAX] + " …")
             if line.startswith("Step "):
                 step = line
                 tail.clear()
@@ -227,6 +236,12 @@ def follow_build_log(chunks: Iterable[Mapping[str, Any]], what: str, progress: C
             at = f" at {step!r}" if step else ""
             for _ in chunks:  # read the stream to its end, so its connection is released
                 pass
+            if re.match(r"Step \d+/\d+ : FROM ", step):
+                raise ImageUnavailable(
+                    f"{what} failed{at}: {str(message).strip()}\n"
+                    "  (the image is neither here nor pullable: check its name, `docker pull` it, or build it first)",
+                    tail,
+                )
             raise BuildError(f"{what} failed{at}: {str(message).strip()}", tail)
     return image_id
 

@@ -5,6 +5,7 @@ requirements.txt      the notebook's dependencies (%pip lines, requirements.txt 
 build/pip/            the host's pip settings (deps stage only; see image.host_pip_settings)
 build/wheelhouse/     wheels for air-gapped installs
 runtime/nb2svc/       the nb2svc package (its dependencies are in the base image)
+artifacts/            files baked in with --artifact (model weights): their own layer, laid out from /
 service/              the notebook, and the backend's own files
 stack.yml             (openfaas) for faas-cli
 labels.json           the labels `build` stamps on the image
@@ -14,9 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -35,6 +37,26 @@ BACKENDS: tuple[Backend, ...] = ("kernel-gateway", "openfaas")
 DEFAULT_BASE = "nb2svc/base:cpu"
 GPU_BASE = "nb2svc/base:cuda"
 COMMIT_LABELS = frozenset({"org.opencontainers.image.revision", "nb2svc.git.commit"})
+ARTIFACTS_DIR = "/srv/nb2svc/artifacts"
+_INLINE_LABEL_MAX = 32_000
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Set by the image itself: a baked-in value would break it.
+_RESERVED_ENV = frozenset({"PYTHONPATH", "NB2SVC_NOTEBOOK", "NB2SVC_KIND", "NB2SVC_RUNS_DIR"})
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A file or folder baked into the image (``--artifact SRC[:DEST]``): model weights, vocabularies."""
+
+    source: Path
+    dest: str  # absolute path in the image
+
+    @classmethod
+    def parse(cls, value: str) -> Artifact:
+        """``SRC`` (to /srv/nb2svc/artifacts/NAME) or ``SRC:DEST``."""
+        source, sep, dest = value.partition(":")
+        path = Path(source).expanduser()
+        return cls(path, dest if sep else f"{ARTIFACTS_DIR}/{path.resolve().name}")
 
 
 @dataclass(frozen=True)
@@ -46,6 +68,8 @@ class BuildOptions:
     wheelhouse: Path | None = None
     watchdog_image: str | None = None  # openfaas: an image holding /fwatchdog (of-watchdog)
     kernels: int = 1  # kernel-gateway: prespawned kernels, i.e. concurrent requests
+    artifacts: tuple[Artifact, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()  # baked into the image (ENV), after every dependency layer
 
     @property
     def base_image(self) -> str:
@@ -57,14 +81,17 @@ class BuildContext:
     path: Path
     spec: ServiceSpec
     options: BuildOptions
-    labels: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)  # all the image's labels (labels.json)
+    # those the Dockerfile's LABEL step does not hold: `build` adds them (one build step each)
+    build_labels: frozenset[str] = frozenset()
 
     @property
     def content_hash(self) -> str:
         """Of every file in the context: the same hash, the same image (a rebuild can be skipped)."""
         h = hashlib.sha256()
         for p in sorted(self.path.rglob("*")):
-            if p.is_file() and p.name != "labels.json":
+            # labels.json: below; stack.yml: never copied into the image, and it names the image's tag
+            if p.is_file() and p.relative_to(self.path).as_posix() not in {"labels.json", "stack.yml"}:
                 h.update(str(p.relative_to(self.path)).encode() + b"\0" + p.read_bytes() + b"\0")
         # The labels are part of the image too, but for the commit's value: an unchanged notebook in a
         # later commit is the same image (it keeps the commit it was first built from).
@@ -78,6 +105,8 @@ def _templates() -> jinja2.Environment:
         loader=jinja2.FileSystemLoader(str(resources.files("nb2svc.templates"))),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
         autoescape=False,  # noqa: S701  # Dockerfiles and YAML, not HTML
     )
 
@@ -87,9 +116,12 @@ def render(spec: ServiceSpec, out: Path, options: BuildOptions | None = None, im
     options = options or BuildOptions()
     if options.backend not in BACKENDS:
         raise Nb2svcError(f"backend {options.backend!r} is unknown", "use kernel-gateway or openfaas")
+    if spec.resources.gpu and not options.gpu:  # metadata.nb2svc.gpu asks for the CUDA base as --gpu does
+        options = replace(options, gpu=True)
+    _check_env(options.env)
     if out.exists():
         shutil.rmtree(out)
-    for d in ("build/pip", "build/wheelhouse", "runtime", "service"):
+    for d in ("build/pip", "build/wheelhouse", "runtime", "service", "artifacts"):
         (out / d).mkdir(parents=True)
     (out / "build/wheelhouse/.keep").write_text("")
     (out / "build/pip/.keep").write_text("")
@@ -104,10 +136,17 @@ def render(spec: ServiceSpec, out: Path, options: BuildOptions | None = None, im
     shutil.copytree(
         Path(__file__).parent, out / "runtime/nb2svc", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
     )
+    baked = _copy_artifacts(options.artifacts, out / "artifacts")
     # The notebook keeps its name: the service's title, OpenAPI and errors name it as the user does.
     notebook_path = f"/srv/nb2svc/{spec.notebook.name}"
     shutil.copy2(spec.notebook, out / "service" / spec.notebook.name)
 
+    labels = image_labels(spec, options)
+    if baked:
+        labels["nb2svc.artifacts"] = json.dumps(baked, separators=(",", ":"))
+    # A Dockerfile line holds at most 64 KiB: a long OpenAPI document goes to `build` instead, as do the
+    # commit labels (they change with no change to the context).
+    build_labels = frozenset(k for k, v in labels.items() if k in COMMIT_LABELS or len(v) > _INLINE_LABEL_MAX)
     env = _templates()
     command, extra_env, watchdog_stage, watchdog_copy = _backend(spec, out, options, notebook_path)
     (out / "Dockerfile").write_text(
@@ -122,13 +161,60 @@ def render(spec: ServiceSpec, out: Path, options: BuildOptions | None = None, im
             extra_env=extra_env,
             watchdog_stage=watchdog_stage,
             watchdog_copy=watchdog_copy,
+            artifacts=[a["path"] for a in baked],
+            env=[(k, dockerfile_quote(v)) for k, v in options.env],
+            labels=[(k, dockerfile_quote(labels[k])) for k in sorted(labels) if k not in build_labels],
         )
     )
     if options.backend == "openfaas":
         _openfaas_files(env, spec, out, image or f"{spec.name}:latest")
-    labels = image_labels(spec, options)
     (out / "labels.json").write_text(json.dumps(labels, indent=1))
-    return BuildContext(out, spec, options, labels)
+    return BuildContext(out, spec, options, labels, build_labels)
+
+
+def dockerfile_quote(value: str) -> str:
+    """``value`` as one double-quoted Dockerfile word (ENV, LABEL): quotes, backslashes and ``$`` stay data."""
+    if "\n" in value or "\r" in value:
+        raise Nb2svcError(f"{value[:40]!r}… spans lines", "an image's environment and labels are one line each")
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$") + '"'
+
+
+def _check_env(env: tuple[tuple[str, str], ...]) -> None:
+    for name, _ in env:
+        if not _ENV_NAME.fullmatch(name):
+            raise Nb2svcError(f"--env {name!r} is not a variable name", "use NAME=VALUE, e.g. MODEL_DIR=/srv/model")
+        if name in _RESERVED_ENV:
+            raise Nb2svcError(f"--env {name} is set by nb2svc itself", "choose another name")
+
+
+def _copy_artifacts(artifacts: tuple[Artifact, ...], into: Path) -> list[dict[str, object]]:
+    """Lay each artifact out under ``into`` at its destination; their path, size and sha256 for the label."""
+    baked: list[dict[str, object]] = []
+    for artifact in artifacts:
+        if not artifact.source.exists():
+            raise Nb2svcError(f"artifact {artifact.source} does not exist", "train first, or fix the path")
+        dest = artifact.dest
+        if not dest.startswith("/") or ".." in Path(dest).parts or dest.rstrip("/") in {"", "/srv/nb2svc"}:
+            raise Nb2svcError(
+                f"artifact destination {dest!r} must be an absolute path in the image",
+                f"e.g. {artifact.source}:{ARTIFACTS_DIR}/model",
+            )
+        target = into / dest.strip("/")
+        if target.exists():
+            raise Nb2svcError(f"two artifacts go to {dest}", "give each its own destination: --artifact SRC:DEST")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if artifact.source.is_dir():
+            shutil.copytree(artifact.source, target)
+            files = sorted(p for p in target.rglob("*") if p.is_file())
+        else:
+            shutil.copy2(artifact.source, target)
+            files = [target]
+        h = hashlib.sha256()
+        for f in files:
+            h.update(str(f.relative_to(target)).encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
+        size = sum(f.stat().st_size for f in files)
+        baked.append({"path": "/" + dest.strip("/"), "bytes": size, "sha256": h.hexdigest()})
+    return baked
 
 
 def _backend(

@@ -64,7 +64,7 @@ class Service:
             cmd += ["--kind", self.kind]
         self.env["PORT"] = str(self.port)
         self.proc = subprocess.Popen(cmd, env=self.env, start_new_session=True)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120  # kernels start slowly on a loaded 2-core machine
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, f"nb2svc serve exited with {self.proc.returncode}"
             try:
@@ -73,6 +73,7 @@ class Service:
             except httpx.TransportError:
                 pass
             time.sleep(0.1)
+        self.stop()  # a fixture that fails here never reaches its own stop()
         raise AssertionError(f"{self.notebook.name} never became healthy")
 
     def stop(self) -> None:

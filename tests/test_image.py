@@ -25,7 +25,7 @@ from nb2svc import inspect_notebook, openapi_document
 from nb2svc.build import build, pull, push, run
 from nb2svc.errors import Nb2svcError
 from nb2svc.image import BuildError, build_base, connect
-from nb2svc.render import BuildOptions, render
+from nb2svc.render import Artifact, BuildOptions, render
 
 from .conftest import NOTEBOOKS, free_port
 
@@ -90,6 +90,7 @@ def test_build_push_pull_run_answers_the_contract(
     assert json.loads(labels["nb2svc.openapi"]) == json.loads(json.dumps(openapi_document(spec)))
     assert labels["org.opencontainers.image.title"] == "iris_nearest"
     assert "org.opencontainers.image.revision" in labels  # built from this git checkout
+    assert {k: labels.get(k) for k in context.labels} == context.labels  # every label of labels.json
     assert client.images.get(ref).attrs["Config"]["Healthcheck"]["Test"][0] == "CMD"
     assert image.id == client.images.get(ref).id
 
@@ -150,6 +151,69 @@ def test_editing_code_reuses_the_dependency_layers_and_no_secret_is_left(client:
         assert content not in secrets, f"the build's pip settings are in {name}"
 
 
+def test_a_rebuilt_base_under_the_same_tag_is_not_a_no_op(client: Any, tmp_path: Path) -> None:
+    """The no-op short-circuit keys on the base image's id too: new base packages mean a new image."""
+    moving = "nb2svc-test/base:moving"
+    spec = inspect_notebook(NOTEBOOKS / "raises.ipynb")
+
+    run = uuid.uuid4().hex[:12]  # new bases on every run: an earlier run's images must not answer
+
+    def rebase(label: str) -> None:
+        (tmp_path / label).mkdir()
+        (tmp_path / label / "Dockerfile").write_text(f"FROM {BASE}\nLABEL nb2svc-test.generation={label}-{run}\n")
+        client.images.build(path=str(tmp_path / label), tag=moving, rm=True)
+
+    rebase("one")
+    first = build(render(spec, tmp_path / "a", BuildOptions(base=moving)), "nb2svc-test/moving:1", client=client)
+    again = build(render(spec, tmp_path / "b", BuildOptions(base=moving)), "nb2svc-test/moving:1", client=client)
+    assert again.cached and again.id == first.id
+    rebase("two")
+    log: list[str] = []
+    context = render(spec, tmp_path / "c", BuildOptions(base=moving))
+    rebuilt = build(context, "nb2svc-test/moving:1", client=client, progress=log.append)
+    assert not rebuilt.cached and rebuilt.id != first.id
+    assert client.images.get(rebuilt.id).labels["nb2svc-test.generation"] == f"two-{run}"
+    assert not any("nothing to build" in line for line in log)
+
+
+def test_a_new_model_rebuilds_only_the_artifact_and_notebook_layers(client: Any, tmp_path: Path) -> None:
+    """--artifact bakes weights into a layer of their own; --env values stay data ($, quotes)."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "weights.bin").write_bytes(b"generation one")
+    spec = inspect_notebook(NOTEBOOKS / "raises.ipynb")
+    options = BuildOptions(
+        base=BASE,
+        artifacts=(Artifact.parse(str(model)),),
+        env=(("MODEL_DIR", "/srv/nb2svc/artifacts/model"), ("ODD", 'a "quoted" $HOME \\ value')),
+    )
+    first = build(render(spec, tmp_path / "a", options), "nb2svc-test/model:1", client=client)
+
+    def cat(image: str, path: str) -> bytes:
+        container = client.containers.run(image, ["cat", path], detach=True)
+        try:
+            assert container.wait(timeout=60)["StatusCode"] == 0
+            return container.logs(stderr=False)  # type: ignore[no-any-return]
+        finally:
+            container.remove(force=True)
+
+    assert cat(first.id, "/srv/nb2svc/artifacts/model/weights.bin") == b"generation one"
+    env = dict(e.split("=", 1) for e in client.images.get(first.id).attrs["Config"]["Env"])
+    assert env["MODEL_DIR"] == "/srv/nb2svc/artifacts/model"
+    assert env["ODD"] == 'a "quoted" $HOME \\ value'
+    baked = json.loads(client.images.get(first.id).labels["nb2svc.artifacts"])
+    assert [a["path"] for a in baked] == ["/srv/nb2svc/artifacts/model"]
+
+    retrained = f"generation two, {uuid.uuid4()}".encode()  # new on every run: never in Docker's cache
+    (model / "weights.bin").write_bytes(retrained)
+    log: list[str] = []
+    second = build(render(spec, tmp_path / "b", options), "nb2svc-test/model:2", client=client, progress=log.append)
+    assert not second.cached and cat(second.id, "/srv/nb2svc/artifacts/model/weights.bin") == retrained
+    steps = _step_cache(log)
+    assert steps["COPY --from=deps"] and steps["COPY runtime/"]  # the dependency layers are reused
+    assert not steps["COPY artifacts/"] and not steps["COPY service/"]
+
+
 def _step_cache(log: list[str]) -> dict[str, bool]:
     """Each step's instruction prefix → whether Docker reused its cache."""
     out: dict[str, bool] = {}
@@ -160,7 +224,13 @@ def _step_cache(log: list[str]) -> dict[str, bool]:
             out[current] = False
         elif current and "Using cache" in line:
             out[current] = True
-    keys = ["RUN set -eu; mkdir -p /opt/nb2svc/user", "COPY --from=deps", "COPY runtime/", "COPY service/"]
+    keys = [
+        "RUN set -eu; mkdir -p /opt/nb2svc/user",
+        "COPY --from=deps",
+        "COPY runtime/",
+        "COPY artifacts/",
+        "COPY service/",
+    ]
     return {k: any(v for step, v in out.items() if step.startswith(k)) for k in keys}
 
 
@@ -196,6 +266,17 @@ def test_unreachable_registry_and_daemon_exit_3(client: Any) -> None:
         [sys.executable, "-m", "nb2svc.cli", "build", str(SAMPLE), "-t", "x:1"], capture_output=True, text=True, env=env
     )
     assert r.returncode == 3 and "cannot reach the Docker daemon" in r.stderr
+
+
+def test_a_from_image_that_cannot_be_pulled_exits_3(client: Any) -> None:
+    """A watchdog image on an unreachable registry: the FROM step fails, exit 3 (external), named."""
+    watchdog = f"127.0.0.1:{free_port()}/openfaas/of-watchdog:0.10"
+    cmd = [sys.executable, "-m", "nb2svc.cli", "build", str(SAMPLE), "-t", "nb2svc-test/wd:1", "--base", BASE]
+    r = subprocess.run(
+        [*cmd, "--backend", "openfaas", "--watchdog-image", watchdog, "--quiet"], capture_output=True, text=True
+    )
+    assert r.returncode == 3, r.stderr
+    assert f"FROM {watchdog}" in r.stderr and "neither here nor pullable" in r.stderr
 
 
 def test_a_plain_os_image_as_base(client: Any, containers: list[str], tmp_path: Path) -> None:
@@ -241,3 +322,29 @@ def test_run_reports_a_failed_setup_and_removes_the_container(client: Any, tmp_p
         run(image.ref, port=free_port(), client=client, timeout=120)
     assert time.monotonic() - started < 60  # it does not wait for the timeout
     assert {c.id for c in client.containers.list(all=True)} <= before  # nothing left behind
+
+
+def test_run_cli_with_rm_leaves_nothing_when_the_container_stops(client: Any, tmp_path: Path) -> None:
+    context = render(inspect_notebook(SAMPLE), tmp_path / "ctx", BuildOptions(backend="openfaas", base=BASE))
+    image = build(context, "nb2svc-test/iris-rm:1", client=client)
+    port = free_port()
+    r = subprocess.run(
+        [sys.executable, "-m", "nb2svc.cli", "run", image.ref, "--port", str(port), "--rm", "--timeout", "90"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"http://127.0.0.1:{port}"
+    short_id = r.stderr.split()[1]
+    container = client.containers.get(short_id)
+    try:
+        assert httpx.get(f"{r.stdout.strip()}/health", timeout=10).status_code == 200
+        container.stop(timeout=10)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(c.id == container.id for c in client.containers.list(all=True)):
+            time.sleep(0.2)
+        assert not any(c.id == container.id for c in client.containers.list(all=True))
+    finally:
+        if any(c.id == container.id for c in client.containers.list(all=True)):
+            container.remove(force=True)

@@ -257,3 +257,50 @@ def test_failed_setup_keeps_health_at_503_with_the_cause(serve: Callable[..., Se
     r = svc.post("/invoke", {})
     assert (r.status_code, r.json()["error"]) == (503, "not_ready")
     assert "setup failed" in r.json()["message"]
+
+
+def test_workers_0_serves_in_the_servers_own_process(serve: Callable[..., Service]) -> None:
+    """NB2SVC_WORKERS=0: the same contract, answered by the `nb2svc serve` process itself."""
+    svc = serve(NOTEBOOKS / "all_types.ipynb", {"NB2SVC_WORKERS": "0"})
+    answers = [svc.post("/invoke", {"features": FEATURES, "tag": f"t{i}"}) for i in range(3)]
+    assert all(a.status_code == 200 for a in answers)
+    assert {a.json()["pid"] for a in answers} == {svc.proc.pid}  # type: ignore[union-attr]
+    assert {a.json()["setup_count"] for a in answers} == {1}
+    assert [a.json()["echo"]["tag"] for a in answers] == ["t0", "t1", "t2"]
+    bad = svc.post("/invoke", {"features": "x"})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["field"] == "features"
+    raised = serve(NOTEBOOKS / "raises.ipynb", {"NB2SVC_WORKERS": "0"}).post("/invoke", {"x": -4})
+    assert raised.status_code == 500 and raised.json()["cell"] == 3
+
+
+def test_a_notebooks_own_input_check_is_a_422(serve: Callable[..., Service], tmp_path: Path) -> None:
+    """`raise InvalidInput(message, field)` in a request cell: 422 naming the field; other errors stay 500."""
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    nb = new_notebook()
+    nb.cells = [
+        new_code_cell("from nb2svc import InvalidInput"),
+        new_code_cell("x: int = 1  # a positive number", metadata={"tags": ["parameters"]}),
+        new_code_cell(
+            "if x < 0:\n    raise InvalidInput(f'x must be positive, got {x}', 'x')\n"
+            "if x == 0:\n    raise InvalidInput('zero is not allowed here')\n"
+            "if x == 13:\n    raise ValueError('unlucky')"
+        ),
+        new_code_cell("y: int = x * 2", metadata={"tags": ["outputs"]}),
+    ]
+    nbformat.write(nb, tmp_path / "checks.ipynb")
+    svc = serve(tmp_path / "checks.ipynb")
+    openapi = svc.http.get("/openapi.json").json()
+    negative = svc.post("/invoke", {"x": -3})
+    assert negative.status_code == 422
+    assert negative.json()["message"] == "x must be positive, got -3"
+    assert negative.json()["detail"] == [
+        {"loc": ["body", "x"], "field": "x", "type": "invalid", "msg": "x must be positive, got -3"}
+    ]
+    conforms(openapi, "/invoke", "post", negative)
+    zero = svc.post("/invoke", {"x": 0})
+    assert zero.status_code == 422 and zero.json()["detail"][0]["loc"] == ["body"]
+    conforms(openapi, "/invoke", "post", zero)
+    assert svc.post("/invoke", {"x": 13}).status_code == 500  # a plain exception is the notebook's fault
+    assert svc.post("/invoke", {"x": 4}).json() == {"y": 8}

@@ -12,7 +12,7 @@ from ..spec import ServiceSpec
 
 @dataclass(frozen=True)
 class Config:
-    workers: int = 1  # serving: processes that each hold the notebook's state
+    workers: int = 1  # serving: processes that each hold the notebook's state; 0: this process (no isolation)
     max_body: int = 10 * 1024 * 1024  # bytes; larger bodies get a 413
     timeout: float = 60.0  # seconds per request (serving) or per run (training)
     max_runs: int = 1  # training: runs at once; the rest queue
@@ -43,7 +43,7 @@ class Config:
         if timeout == 0:
             raise Nb2svcError("NB2SVC_TIMEOUT=0: a timeout must be a positive number of seconds")
         return cls(
-            workers=max(1, int(num("NB2SVC_WORKERS", 1))),
+            workers=int(num("NB2SVC_WORKERS", 1)),
             max_body=int(num("NB2SVC_MAX_BODY", cls.max_body)),
             timeout=timeout,
             max_runs=max(1, max_runs),

@@ -21,6 +21,7 @@ from ..openapi import openapi_document
 from ..spec import ServiceSpec
 from .config import Config
 from .errors import HTTPError
+from .inprocess import InProcessExecutor
 from .metrics import CONTENT_TYPE, Metrics
 from .runs import Run
 from .serving import ServingExecutor
@@ -81,7 +82,9 @@ class Core:
         self._openapi = json.dumps(openapi_document(spec), separators=(",", ":")).encode()
         api: _ServingAPI | _TrainingAPI
         if spec.kind == "serving":
-            api = _ServingAPI(self, serving or ServingExecutor(spec, config))
+            if serving is None:  # NB2SVC_WORKERS=0 trades crash isolation and timeouts for one process hop less
+                serving = InProcessExecutor(spec, config) if config.workers == 0 else ServingExecutor(spec, config)
+            api = _ServingAPI(self, serving)
         else:
             api = _TrainingAPI(self, TrainingExecutor(spec, config))
             self.metrics.track_runs(api.executor.counts)

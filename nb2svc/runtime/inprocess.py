@@ -1,11 +1,14 @@
 """Serving in this very process: for a Kernel Gateway kernel, which is itself the notebook's worker.
 
 No crash isolation and no timeout (a kernel cannot interrupt its own cell from inside); the
-gateway's own kernel pool and restarts stand in for them.
+gateway's own kernel pool and restarts stand in for them. Also what ``NB2SVC_WORKERS=0`` picks for
+the other backends: one process hop less per request, for notebooks trusted not to crash or hang.
+Requests then run one at a time, on the server's own event loop.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from ..spec import ServiceSpec
@@ -26,6 +29,7 @@ class InProcessExecutor:
         self._outputs = OutputChecker(spec)
 
     async def start(self) -> None:
+        os.chdir(self.spec.notebook.parent)  # as in a worker: relative paths work as in Jupyter
         reply = self._session.setup()
         if reply["ok"]:
             self.state = "ok"

@@ -13,7 +13,7 @@ from typing import Any
 from ..notebook import Cell, strip_pip_lines
 from ..spec import ServiceSpec
 from .config import Config
-from .errors import HTTPError, notebook_error
+from .errors import HTTPError, invalid_input_error, notebook_error
 from .validation import OutputChecker
 
 log = logging.getLogger("nb2svc.serving")
@@ -219,6 +219,8 @@ def answer(reply: dict[str, Any], outputs: OutputChecker, config: Config) -> dic
         raise HTTPError(500, "output_error", reply["output_error"])
     if not reply["ok"]:
         err = reply["error"]
+        if "invalid_input" in err:  # the notebook's own check of its input: the caller's to fix
+            raise invalid_input_error(err["cell"], err["evalue"], err["invalid_input"]["field"])
         raise notebook_error(err["cell"], err["ename"], err["evalue"], err.get("traceback"), config.debug)
     values: dict[str, Any] = reply["outputs"]
     problems = outputs.problems(values)

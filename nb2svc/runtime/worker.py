@@ -20,6 +20,7 @@ from collections.abc import Callable
 from types import CodeType, TracebackType
 from typing import IO, Any
 
+from .errors import is_invalid_input
 from .outputs import NotJSONError, to_jsonable
 
 Message = dict[str, Any]
@@ -30,7 +31,11 @@ def _error(cell: int, exc: BaseException) -> Message:
     if tb is not None:
         tb = tb.tb_next  # drop this module's exec frame: the user needs their cell's frames
     lines = traceback.format_exception(type(exc), exc, tb)
-    return {"cell": cell, "ename": type(exc).__name__, "evalue": str(exc), "traceback": lines}
+    error: Message = {"cell": cell, "ename": type(exc).__name__, "evalue": str(exc), "traceback": lines}
+    if is_invalid_input(exc):
+        field = getattr(exc, "field", None)
+        error["invalid_input"] = {"field": field if isinstance(field, str) else None}
+    return error
 
 
 class Session:
