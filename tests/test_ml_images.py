@@ -84,6 +84,7 @@ def _train(client: Any, image: str, runs: Path, containers: list[str], params: d
     return artifacts
 
 
+@pytest.mark.timeout(1200)  # a cold run installs torch in an image layer: minutes on 2 cores
 def test_train_in_a_container_then_serve_the_weights_baked_into_an_image(
     client: Any, wheelhouse: Path, containers: list[str], tmp_path: Path
 ) -> None:
