@@ -124,3 +124,15 @@ def conforms(openapi: dict[str, Any], path: str, method: str, response: httpx.Re
         )
         errors = [e.message for e in validator.iter_errors(response.json())]
         assert not errors, errors
+
+
+@pytest.fixture
+def containers(client: Any) -> Iterator[list[str]]:
+    """Ids of containers a test starts; removed after it (``client``: the test module's Docker client)."""
+    started: list[str] = []
+    yield started
+    for cid in started:
+        try:
+            client.containers.get(cid).remove(force=True)
+        except Exception:  # noqa: S110  # already gone
+            pass

@@ -48,17 +48,6 @@ def client() -> Iterator[Any]:
     c.close()
 
 
-@pytest.fixture
-def containers(client: Any) -> Iterator[list[str]]:
-    started: list[str] = []
-    yield started
-    for cid in started:
-        try:
-            client.containers.get(cid).remove(force=True)
-        except Exception:  # noqa: S110  # already gone
-            pass
-
-
 def _layers(client: Any, ref: str) -> Iterator[tuple[str, bytes]]:
     """(path, content) of every file in every layer of the image."""
     data = b"".join(client.images.get(ref).save())
@@ -316,12 +305,13 @@ def test_run_reports_a_failed_setup_and_removes_the_container(client: Any, tmp_p
         inspect_notebook(NOTEBOOKS / "setup_fails.ipynb"), tmp_path / "ctx", BuildOptions(backend="openfaas", base=BASE)
     )
     image = build(context, "nb2svc-test/setup-fails:1", client=client)
-    before = {c.id for c in client.containers.list(all=True)}
+    mine = {"ancestor": image.id}
+    before = {c.id for c in client.containers.list(all=True, filters=mine)}
     started = time.monotonic()
     with pytest.raises(Nb2svcError, match="failed its setup: setup cell 1 raised RuntimeError: model file missing"):
         run(image.ref, port=free_port(), client=client, timeout=120)
     assert time.monotonic() - started < 60  # it does not wait for the timeout
-    assert {c.id for c in client.containers.list(all=True)} <= before  # nothing left behind
+    assert {c.id for c in client.containers.list(all=True, filters=mine)} <= before  # nothing left behind
 
 
 def test_run_cli_with_rm_leaves_nothing_when_the_container_stops(client: Any, tmp_path: Path) -> None:

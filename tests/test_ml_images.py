@@ -52,17 +52,6 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.fixture
-def containers(client: Any) -> Iterator[list[str]]:
-    started: list[str] = []
-    yield started
-    for cid in started:
-        try:
-            client.containers.get(cid).remove(force=True)
-        except Exception:  # noqa: S110  # already gone
-            pass
-
-
 def _train(client: Any, image: str, runs: Path, containers: list[str], params: dict[str, Any]) -> Path:
     """Run train_torch's image on ``runs`` (mounted), start a run, wait: the run's artifacts folder."""
     running = run(image, port=free_port(), client=client, volumes={str(runs): "/var/lib/nb2svc/runs"})
