@@ -363,7 +363,7 @@ Run in Jupyter or with plain papermill, it writes to `./artifacts/` instead.
 
 The `%pip` line is what an image of this notebook installs (`nb2svc build`); behind `nb2svc serve`
 it is skipped. torch is pinned so a wheelhouse holding its CPU build (`--wheelhouse`) is used
-rather than PyPI's much larger CUDA build (see docs/ml-walkthrough.md).""",
+rather than PyPI's much larger CUDA build (see docs/images.md).""",
     ),
     """\
 %pip install -q torch==2.13.0 scikit-learn==1.9.1
