@@ -73,9 +73,9 @@ class DockerUnavailable(ExternalError):
 class BuildError(Nb2svcError):
     """``docker build`` failed; ``log`` holds the failing step's last lines of output."""
 
-    def __init__(self, message: str, log: Sequence[str] = ()) -> None:
+    def __init__(self, message: str, log: Sequence[str] = (), hint: str | None = None) -> None:
         self.log = tuple(log)
-        super().__init__("\n".join([message, *(f"  | {line}" for line in self.log)]))
+        super().__init__("\n".join([message, *(f"  | {line}" for line in self.log)]), hint)
 
 
 class ImageUnavailable(BuildError):
@@ -238,9 +238,9 @@ def follow_build_log(chunks: Iterable[Mapping[str, Any]], what: str, progress: C
                 pass
             if re.match(r"Step \d+/\d+ : FROM ", step):
                 raise ImageUnavailable(
-                    f"{what} failed{at}: {str(message).strip()}\n"
-                    "  (the image is neither here nor pullable: check its name, `docker pull` it, or build it first)",
+                    f"{what} failed{at}: {str(message).strip()}",
                     tail,
+                    "the image is neither here nor pullable: check its name, `docker pull` it, or build it first",
                 )
             raise BuildError(f"{what} failed{at}: {str(message).strip()}", tail)
     return image_id

@@ -126,6 +126,24 @@ def conforms(openapi: dict[str, Any], path: str, method: str, response: httpx.Re
         assert not errors, errors
 
 
+OS_IMAGE = "nb2svc-test/debian:bookworm"  # made by scripts/docker-setup (debootstrap, docker import)
+BASE = "nb2svc-test/base:cpu"  # the nb2svc base the image tests build on
+
+
+@pytest.fixture(scope="session")
+def client() -> Iterator[Any]:
+    """A Docker client, with the test base image built (cached by Docker after the first time)."""
+    from nb2svc.image import build_base, connect
+
+    try:
+        c = connect()
+    except Exception as e:
+        pytest.fail(f"Docker is needed here (run scripts/docker-setup): {e}")
+    build_base(c, BASE, OS_IMAGE)
+    yield c
+    c.close()
+
+
 @pytest.fixture
 def containers(client: Any) -> Iterator[list[str]]:
     """Ids of containers a test starts; removed after it (``client``: the test module's Docker client)."""

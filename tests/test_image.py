@@ -24,28 +24,15 @@ import pytest
 from nb2svc import inspect_notebook, openapi_document
 from nb2svc.build import build, pull, push, run
 from nb2svc.errors import Nb2svcError
-from nb2svc.image import BuildError, build_base, connect
+from nb2svc.image import BuildError
 from nb2svc.render import Artifact, BuildOptions, render
 
-from .conftest import NOTEBOOKS, free_port
+from .conftest import BASE, NOTEBOOKS, OS_IMAGE, free_port
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-OS_IMAGE = "nb2svc-test/debian:bookworm"
-BASE = "nb2svc-test/base:cpu"
 REGISTRY = "127.0.0.1:5000"
 SAMPLE = Path(__file__).parent.parent / "sample_notebooks" / "iris_nearest.ipynb"
-
-
-@pytest.fixture(scope="module")
-def client() -> Iterator[Any]:
-    try:
-        c = connect()
-    except Exception as e:
-        pytest.fail(f"Docker is needed here (run scripts/docker-setup): {e}")
-    build_base(c, BASE, OS_IMAGE)  # cached by Docker after the first time
-    yield c
-    c.close()
 
 
 def _layers(client: Any, ref: str) -> Iterator[tuple[str, bytes]]:

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -18,26 +17,15 @@ import pytest
 
 from nb2svc import inspect_notebook
 from nb2svc.build import build, run
-from nb2svc.image import build_base, connect
 from nb2svc.render import Artifact, BuildOptions, render
 
-from .conftest import ROOT, free_port
+from .conftest import BASE, ROOT, free_port
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-BASE = "nb2svc-test/base:cpu"
-OS_IMAGE = "nb2svc-test/debian:bookworm"
 SAMPLES = ROOT / "sample_notebooks"
 TORCH_PARAMS = {"epochs": 12, "learning_rate": 0.005, "hidden_sizes": [32], "batch_size": 32, "seed": 3}
 IN_IMAGE = "/srv/nb2svc/artifacts/model"
-
-
-@pytest.fixture(scope="module")
-def client() -> Iterator[Any]:
-    c = connect()
-    build_base(c, BASE, OS_IMAGE)  # cached by Docker after the first time
-    yield c
-    c.close()
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -19,11 +19,9 @@ from nb2svc.hooks import BACKUP_SUFFIX, HookError, install, uninstall
 from nb2svc.project import ProjectError, load_project, parse_project
 from nb2svc.publish import plan, publish
 
-from .conftest import NOTEBOOKS, ROOT
+from .conftest import BASE, NOTEBOOKS, ROOT
 
 REGISTRY = "127.0.0.1:5000"
-BASE = "nb2svc-test/base:cpu"
-OS_IMAGE = "nb2svc-test/debian:bookworm"
 IRIS = ROOT / "sample_notebooks" / "iris_nearest.ipynb"
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"]
 
@@ -98,16 +96,8 @@ def repos(tmp_path: Path, namespace: str) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def docker_base() -> Iterator[None]:
-    from nb2svc.image import build_base, connect
-
-    try:
-        client = connect()
-    except Exception as e:
-        pytest.fail(f"Docker is needed here (run scripts/docker-setup): {e}")
-    build_base(client, BASE, OS_IMAGE)  # cached by Docker after the first time
-    client.close()
-    yield
+def docker_base(client: Any) -> None:
+    """The test base image exists (conftest's ``client`` builds it)."""
 
 
 # --- with Docker and the registry ---------------------------------------------------------------------------
