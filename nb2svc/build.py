@@ -203,6 +203,7 @@ def run(
         raise ExternalError(f"starting {ref} failed: {e.explanation or e}", hint) from e
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
+    hint = "fix the notebook, or run it with `nb2svc serve` to see why"
     while time.monotonic() < deadline:
         try:
             container.reload()
@@ -217,7 +218,9 @@ def run(
                 if health.status_code == 200:
                     return Running(url, container.id)
                 if health.json().get("status") == "failed":
-                    failed = f"failed its setup: {health.json().get('error', {}).get('message', '')}"
+                    error = health.json().get("error") or {}
+                    failed = f"failed its setup: {error.get('message', '')}"
+                    hint = error.get("hint") or hint
             except (httpx.HTTPError, ValueError):
                 pass
         if failed:
@@ -226,7 +229,7 @@ def run(
                 container.remove(force=True)
             except docker.errors.NotFound:
                 logs = "(its log went with it: run it without --rm to keep it)"
-            raise Nb2svcError(f"{ref} {failed}\n{logs}", "fix the notebook, or run it with `nb2svc serve` to see why")
+            raise Nb2svcError(f"{ref} {failed}\n{logs}", hint)
         time.sleep(0.25)
     raise ExternalError(f"{ref} was not healthy within {timeout:g} s", f"see `docker logs {container.short_id}`")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -299,6 +300,40 @@ def test_a_training_image_runs_jobs(client: Any, containers: list[str], tmp_path
     assert model["parameters"]["epochs"] == 50 and model["slope"] == r.json()["outputs"]["slope"]
     notebook_json = httpx.get(f"{running.url}/runs/{run_id}/notebook", timeout=30).json()
     assert notebook_json["metadata"]["papermill"]["parameters"] == {"epochs": 50}
+
+
+def test_a_mounted_runs_folder_the_image_user_cannot_write_is_reported_at_start(client: Any, tmp_path: Path) -> None:
+    """The folder is root's; the service runs as 10001. `nb2svc run` says so, not a 500 on the first run."""
+    notebook = SAMPLE.parent / "fit_line.ipynb"
+    context = render(inspect_notebook(notebook), tmp_path / "ctx", BuildOptions(backend="openfaas", base=BASE))
+    image = build(context, "nb2svc-test/fit-openfaas:1", client=client)
+    if os.geteuid() == 10001:
+        pytest.skip("the test's own user is the image's")
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    runs.chmod(0o755)  # the test's user's (root in CI), not 10001's
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nb2svc.cli",
+            "run",
+            image.ref,
+            "--port",
+            str(free_port()),
+            "--timeout",
+            "90",
+            "-v",
+            f"{runs}:/var/lib/nb2svc/runs",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 1, r.stderr
+    assert "cannot keep runs in /var/lib/nb2svc/runs: Permission denied" in r.stderr
+    assert "chown 10001" in r.stderr  # the hint says what to do
+    assert not list(runs.iterdir())
 
 
 def test_run_reports_a_failed_setup_and_removes_the_container(client: Any, tmp_path: Path) -> None:

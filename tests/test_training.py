@@ -169,3 +169,19 @@ def test_metrics_count_runs_by_status(training: Callable[..., Service]) -> None:
     text = svc.http.get("/metrics").text
     assert 'nb2svc_runs{status="succeeded"} 1.0' in text
     assert 'nb2svc_runs{status="failed"} 1.0' in text
+
+
+
+def test_a_runs_folder_it_cannot_write_fails_health_not_the_first_run(
+    serve: Callable[..., Service], tmp_path: Path
+) -> None:
+    """A mount the image's user can't write (here: a folder under a file, which even root can't make)."""
+    (tmp_path / "a-file").write_text("")
+    runs = tmp_path / "a-file" / "runs"
+    svc = serve(NOTEBOOKS / "training.ipynb", {"NB2SVC_RUNS_DIR": str(runs)}, wait_for=(503,))
+    health = svc.http.get("/health").json()
+    assert health["status"] == "failed" and health["error"]["error"] == "runs_dir_unwritable"
+    assert str(runs) in health["error"]["message"] and "NB2SVC_RUNS_DIR" in health["error"]["hint"]
+    r = svc.post("/runs", {"steps": 1})
+    assert r.status_code == 503 and r.json()["cause"]["error"] == "runs_dir_unwritable"
+    assert svc.http.get("/runs").json() == []  # nothing to list, and no crash listing it

@@ -45,7 +45,22 @@ class Run:
 class RunStore:
     def __init__(self, root: Path) -> None:
         self.root = root
-        root.mkdir(parents=True, exist_ok=True)
+
+    def problem(self) -> dict[str, str] | None:
+        """Why runs can't be kept here (a folder this user can't make or write, e.g. a mount), else None."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f".nb2svc-write-check-{uuid.uuid4().hex[:8]}"
+            probe.mkdir()
+            probe.rmdir()
+        except OSError as e:
+            return {
+                "error": "runs_dir_unwritable",
+                "message": f"cannot keep runs in {self.root}: {e.strerror or e}",
+                "hint": f"give it a folder user {os.getuid()} can write: set NB2SVC_RUNS_DIR, "
+                f"or `chown {os.getuid()}` the folder mounted there",
+            }
+        return None
 
     def new(self, parameters: dict[str, Any]) -> Run:
         run = Run(id=uuid.uuid4().hex[:16], status="queued", parameters=parameters, created_at=now())

@@ -130,6 +130,11 @@ class TrainingExecutor:
         self.state = "ok"  # a training service has no setup of its own
         self.setup_error: dict[str, Any] | None = None
         self.store = RunStore(config.runs_dir)
+        problem = self.store.problem()
+        if problem:  # /health says so at once, not a 500 on the first run
+            log.error("%s; %s", problem["message"], problem["hint"])
+            self.state = "failed"
+            self.setup_error = problem
         self.runs: dict[str, Run] = {}
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._running: dict[str, tuple[AsyncKernelManager, list[str]]] = {}  # id → kernel, [stop reason]
@@ -146,6 +151,8 @@ class TrainingExecutor:
             self._layout.append("collect")
 
     async def start(self) -> None:
+        if self.state == "failed":
+            return
         for run in self.store.load_all():
             if run.status == "running":
                 self._finish(run, "failed", error=_error("interrupted", "the service restarted during the run"))
@@ -181,6 +188,8 @@ class TrainingExecutor:
         return run
 
     def submit(self, values: dict[str, Any]) -> Run:
+        if self.state == "failed":
+            raise HTTPError(503, "not_ready", "the service cannot keep runs", cause=self.setup_error)
         if self._queue.qsize() >= self.config.max_queue:
             raise HTTPError(503, "queue_full", f"{self._queue.qsize()} runs are already queued; try again later")
         run = self.store.new(values)
