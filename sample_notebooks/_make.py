@@ -123,6 +123,14 @@ def measure(a: list[float], b: list[float], metric: str) -> float:
     raise ValueError(f"unknown metric {metric!r}")
 
 
+class InvalidInput(ValueError):
+    \"""Wrong input from the caller: behind nb2svc, a 422 naming `field` instead of a 500.\"""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 CENTROIDS = {
     s: [sum(col) / len(col) for col in zip(*[row[:4] for row in FLOWERS if row[-1] == s])]
     for s in SPECIES
@@ -154,17 +162,19 @@ note: Optional[str] = None  # free text, returned with the answer (e.g. a sample
 ## Prediction
 
 Check the input first, so that a bad request gets a clear message instead of a traceback
-from deep inside the arithmetic.""",
+from deep inside the arithmetic. `InvalidInput` (defined with the model, so the notebook needs
+nothing of nb2svc in Jupyter) tells nb2svc the caller is at fault: a 422 naming the field.""",
     ),
     """\
 if len(features) != len(FEATURES):
-    raise ValueError(
-        f"features must hold {len(FEATURES)} measurements ({', '.join(FEATURES)}), got {len(features)}"
+    raise InvalidInput(
+        f"features must hold {len(FEATURES)} measurements ({', '.join(FEATURES)}), got {len(features)}",
+        "features",
     )
 if any(v <= 0 for v in features):
-    raise ValueError(f"measurements are lengths in cm and must be positive, got {features}")
+    raise InvalidInput(f"measurements are lengths in cm and must be positive, got {features}", "features")
 if not 1 <= top_k <= len(SPECIES):
-    raise ValueError(f"top_k must be between 1 and {len(SPECIES)}, got {top_k}")
+    raise InvalidInput(f"top_k must be between 1 and {len(SPECIES)}, got {top_k}", "top_k")
 
 distances = {s: measure(features, c, metric) for s, c in CENTROIDS.items()}
 weights = {s: math.exp(-d / SPREAD[metric]) for s, d in distances.items()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -154,3 +155,27 @@ def containers(client: Any) -> Iterator[list[str]]:
             client.containers.get(cid).remove(force=True)
         except Exception:  # noqa: S110  # already gone
             pass
+
+
+def reads_the_body_as_json_whatever_its_content_type(svc: Service) -> None:
+    """One contract for every backend (all_types.ipynb): the body is JSON, the Content-Type is not checked.
+
+    `curl -d` sends application/x-www-form-urlencoded; `&`, `=`, `+` and `%41` must reach the notebook
+    as written. Bytes that are not UTF-8 are a 400, like any body that is not JSON.
+    """
+    body = json.dumps({"features": [1, 2], "tag": "a&b=c+d %41 é"}).encode()
+    for content_type in (
+        "application/x-www-form-urlencoded",
+        "text/plain",
+        "application/json; charset=utf-8",
+        "application/octet-stream",
+        None,
+    ):
+        headers = {"content-type": content_type} if content_type else {}
+        r = svc.http.post("/invoke", content=body, headers=headers)
+        assert r.status_code == 200, (content_type, r.text)
+        assert r.json()["echo"]["tag"] == "a&b=c+d %41 é", content_type
+    latin1 = '{"features": [1], "tag": "é"}'.encode("latin-1")
+    for content_type in ("application/x-www-form-urlencoded", "application/json"):
+        r = svc.http.post("/invoke", content=latin1, headers={"content-type": content_type})
+        assert (r.status_code, r.json()["error"]) == (400, "invalid_json"), (content_type, r.text)

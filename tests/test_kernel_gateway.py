@@ -14,7 +14,7 @@ import pytest
 from nb2svc import inspect_notebook, openapi_document
 from nb2svc.backends.kernel_gateway import gateway_command, gateway_notebook
 
-from .conftest import NOTEBOOKS, Service, conforms
+from .conftest import NOTEBOOKS, Service, conforms, reads_the_body_as_json_whatever_its_content_type
 
 pytestmark = pytest.mark.slow
 
@@ -85,3 +85,7 @@ def test_a_training_notebook_behind_the_gateway(tmp_path: Path) -> None:
         assert svc.http.delete(f"/runs/{queued.json()['id']}").json()["status"] == "cancelled"
     finally:
         svc.stop()
+
+
+def test_the_body_is_json_whatever_its_content_type(kg: Service) -> None:
+    reads_the_body_as_json_whatever_its_content_type(kg)

@@ -12,7 +12,7 @@ import pytest
 from nb2svc import inspect_notebook, openapi_document
 from nb2svc.backends.openfaas import Context, Event, handle
 
-from .conftest import NOTEBOOKS, Service, conforms
+from .conftest import NOTEBOOKS, Service, conforms, reads_the_body_as_json_whatever_its_content_type
 
 pytestmark = pytest.mark.slow
 
@@ -65,3 +65,7 @@ def test_handle_is_the_python3_http_contract(monkeypatch: pytest.MonkeyPatch) ->
     assert json.loads(res["body"])["cell"] == 3
     ok = handle(Event(b'{"x": 9}', {}, "POST", {}, "/invoke"), Context())
     assert (ok["statusCode"], json.loads(ok["body"])) == (200, {"y": 3.0})
+
+
+def test_the_body_is_json_whatever_its_content_type(faas: Service) -> None:
+    reads_the_body_as_json_whatever_its_content_type(faas)

@@ -13,7 +13,7 @@ import pytest
 
 from nb2svc import inspect_notebook, openapi_document
 
-from .conftest import NOTEBOOKS, Service, conforms
+from .conftest import NOTEBOOKS, Service, conforms, reads_the_body_as_json_whatever_its_content_type
 
 pytestmark = pytest.mark.slow
 
@@ -304,3 +304,7 @@ def test_a_notebooks_own_input_check_is_a_422(serve: Callable[..., Service], tmp
     conforms(openapi, "/invoke", "post", zero)
     assert svc.post("/invoke", {"x": 13}).status_code == 500  # a plain exception is the notebook's fault
     assert svc.post("/invoke", {"x": 4}).json() == {"y": 8}
+
+
+def test_the_body_is_json_whatever_its_content_type(svc: Service) -> None:
+    reads_the_body_as_json_whatever_its_content_type(svc)

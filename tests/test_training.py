@@ -171,7 +171,6 @@ def test_metrics_count_runs_by_status(training: Callable[..., Service]) -> None:
     assert 'nb2svc_runs{status="failed"} 1.0' in text
 
 
-
 def test_a_runs_folder_it_cannot_write_fails_health_not_the_first_run(
     serve: Callable[..., Service], tmp_path: Path
 ) -> None:

@@ -57,8 +57,8 @@ class KernelGatewayAdapter:
     async def respond(self, method: str, route: str, request: str) -> None:
         """Answer the gateway's ``REQUEST`` (a JSON string) for an endpoint cell ``# METHOD route``."""
         req: dict[str, Any] = json.loads(request)
-        body = req.get("body", "")
-        raw = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+        body = req.get("body", "")  # text (see gateway_api.py), with non-UTF-8 bytes as surrogates
+        raw = body.encode(errors="surrogateescape") if isinstance(body, str) else json.dumps(body).encode()
         params = req.get("path", {})
         path = re.sub(r":(\w+)", lambda m: str(params.get(m.group(1), "")), route)
         query = {k: v[-1] for k, v in req.get("args", {}).items() if v}
@@ -103,7 +103,7 @@ def gateway_command(
     return [
         "jupyter",
         "kernelgateway",
-        "--KernelGatewayApp.api=kernel_gateway.notebook_http",
+        "--KernelGatewayApp.api=nb2svc.backends.gateway_api",  # notebook-http, bodies kept as sent
         f"--KernelGatewayApp.seed_uri={notebook}",
         f"--KernelGatewayApp.ip={ip}",
         f"--KernelGatewayApp.port={port}",
