@@ -221,7 +221,8 @@ def _progress(show_progress: bool) -> Any:
 
     def show(line: str) -> None:
         if show_progress:
-            console.print(escape(line), style="dim" if line.startswith(" ---> ") else None)
+            # soft_wrap: a log line is one line in a file or CI log, not cut at 80 columns
+            console.print(escape(line), style="dim" if line.startswith(" ---> ") else None, soft_wrap=True)
 
     return show
 

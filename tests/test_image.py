@@ -239,11 +239,14 @@ def test_a_failing_pip_line_shows_the_steps_log(client: Any, tmp_path: Path) -> 
     assert "mkdir -p /opt/nb2svc/user" in str(info.value)  # names the failing step
     assert any("nb2svc-no-such-package-xyz" in line for line in info.value.log)
     r = subprocess.run(
-        [sys.executable, "-m", "nb2svc.cli", "build", str(path), "-t", "nb2svc-test/bad:2", "--base", BASE, "--quiet"],
+        [sys.executable, "-m", "nb2svc.cli", "build", str(path), "-t", "nb2svc-test/bad:2", "--base", BASE],
         capture_output=True,
         text=True,
     )
     assert r.returncode == 1 and "nb2svc-no-such-package-xyz" in r.stderr
+    # progress into a pipe (a CI log): each of Docker's lines is one line, not cut at 80 columns
+    step = next(line for line in r.stderr.splitlines() if line.startswith("Step ") and "/opt/nb2svc/user" in line)
+    assert len(step) > 80 and "RUN set -eu; mkdir -p /opt/nb2svc/user" in step
 
 
 def test_unreachable_registry_and_daemon_exit_3(client: Any) -> None:
