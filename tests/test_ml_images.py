@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,9 @@ def test_train_in_a_container_then_serve_the_weights_baked_into_an_image(
 
     # A retrained model: only the artifact and notebook layers are rebuilt, torch's layer is reused.
     retrained = _train(client, trainer.ref, runs, containers, {**TORCH_PARAMS, "seed": 4})
+    # Seeded training may give the same bytes as a run before this one: a note new on every run keeps
+    # this build a real one (not a re-tag of an image an earlier run left), so its cache use shows.
+    (retrained / "trained-by.txt").write_text(f"test run {uuid.uuid4()}\n")
     log: list[str] = []
     serving_image(retrained, "serve-ctx-2", "nb2svc-test/digits:2", log)
     cached = {step.split(" : ", 1)[1] for step, nxt in pairwise(log) if step.startswith("Step ") and "cache" in nxt}
