@@ -79,7 +79,9 @@ def _show(spec: ServiceSpec) -> None:
             out.add_row(o.name, escape(o.type.python()), escape(o.help))
         console.print(out)
     if spec.requirements:
-        console.print("requirements: " + " ".join(spec.requirements))
+        console.print("requirements: " + escape(" ".join(spec.requirements)))
+    if spec.system_packages:
+        console.print("system packages: " + escape(" ".join(spec.system_packages)))
 
 
 @main.command()
@@ -149,6 +151,7 @@ def _build_options(
     kernels: int,
     artifacts: tuple[str, ...],
     bake_env: tuple[str, ...],
+    system_packages: tuple[str, ...],
 ) -> Any:
     from .render import Artifact, BuildOptions
 
@@ -165,6 +168,7 @@ def _build_options(
         kernels=kernels,
         artifacts=tuple(Artifact.parse(a) for a in artifacts),
         env=tuple((k, v) for k, _, v in (e.partition("=") for e in bake_env)),
+        system_packages=system_packages,
     )
 
 
@@ -197,6 +201,13 @@ def _image_options(f: Any) -> Any:
                 multiple=True,
                 metavar="NAME=VALUE",
                 help="Set in the image, e.g. where the notebook finds its artifact.",
+            ),
+            click.option(
+                "--system-package",
+                "system_packages",
+                multiple=True,
+                metavar="PKG",
+                help="An apt package the notebook needs (besides metadata.nb2svc.system_packages).",
             ),
             click.option(
                 "--kernels",

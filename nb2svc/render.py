@@ -30,7 +30,7 @@ from . import __version__
 from .backends.kernel_gateway import gateway_command, gateway_notebook
 from .errors import Nb2svcError
 from .openapi import openapi_document
-from .spec import ServiceSpec
+from .spec import SYSTEM_PACKAGE, ServiceSpec
 
 Backend = Literal["kernel-gateway", "openfaas"]
 BACKENDS: tuple[Backend, ...] = ("kernel-gateway", "openfaas")
@@ -70,6 +70,7 @@ class BuildOptions:
     kernels: int = 1  # kernel-gateway: prespawned kernels, i.e. concurrent requests
     artifacts: tuple[Artifact, ...] = ()
     env: tuple[tuple[str, str], ...] = ()  # baked into the image (ENV), after every dependency layer
+    system_packages: tuple[str, ...] = ()  # apt packages, besides the notebook's own (metadata.nb2svc)
 
     @property
     def base_image(self) -> str:
@@ -141,7 +142,10 @@ def render(spec: ServiceSpec, out: Path, options: BuildOptions | None = None, im
     notebook_path = f"/srv/nb2svc/{spec.notebook.name}"
     shutil.copy2(spec.notebook, out / "service" / spec.notebook.name)
 
+    packages = system_packages(spec, options)
     labels = image_labels(spec, options)
+    if packages:
+        labels["nb2svc.system_packages"] = " ".join(packages)
     if baked:
         labels["nb2svc.artifacts"] = json.dumps(baked, separators=(",", ":"))
     # A Dockerfile line holds at most 64 KiB: a long OpenAPI document goes to `build` instead, as do the
@@ -162,6 +166,7 @@ def render(spec: ServiceSpec, out: Path, options: BuildOptions | None = None, im
             watchdog_stage=watchdog_stage,
             watchdog_copy=watchdog_copy,
             artifacts=[a["path"] for a in baked],
+            system_packages=packages,
             env=[(k, dockerfile_quote(v)) for k, v in options.env],
             labels=[(k, dockerfile_quote(labels[k])) for k in sorted(labels) if k not in build_labels],
         )
@@ -170,6 +175,17 @@ def render(spec: ServiceSpec, out: Path, options: BuildOptions | None = None, im
         _openfaas_files(env, spec, out, image or f"{spec.name}:latest")
     (out / "labels.json").write_text(json.dumps(labels, indent=1))
     return BuildContext(out, spec, options, labels, build_labels)
+
+
+def system_packages(spec: ServiceSpec, options: BuildOptions) -> list[str]:
+    """The notebook's system packages, then the build's (``--system-package``); each once, checked."""
+    for package in options.system_packages:
+        if not SYSTEM_PACKAGE.match(package):
+            raise Nb2svcError(
+                f"--system-package {package!r} is not a Debian package name",
+                "use names like libgomp1 or ffmpeg, optionally pinned: name=version",
+            )
+    return list(dict.fromkeys((*spec.system_packages, *options.system_packages)))
 
 
 def dockerfile_quote(value: str) -> str:

@@ -15,6 +15,9 @@ from .types import JSON
 Kind = Literal["serving", "training"]
 KINDS: tuple[Kind, ...] = ("serving", "training")
 _QUANTITY = re.compile(r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|K|M|G|T|k|m)?$")
+# A Debian/Ubuntu package name, optionally pinned (``libgomp1``, ``ffmpeg=7:5.1.6-0+deb12u1``):
+# the names go into an apt-get command line, so nothing else gets through.
+SYSTEM_PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.-]+(=[A-Za-z0-9.+~:_-]+)?$")
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class ServiceSpec:
     request_cells: tuple[Cell, ...]  # below it, the outputs cell included
     requirements: tuple[str, ...]
     resources: Resources
+    system_packages: tuple[str, ...] = ()  # metadata.nb2svc.system_packages: apt packages for the image
 
     def parameter(self, name: str) -> Declaration | None:
         return next((p for p in self.parameters if p.name == name), None)
@@ -85,6 +89,7 @@ class ServiceSpec:
                 "outputs": self.outputs_cell.number if self.outputs_cell else None,
             },
             "requirements": list(self.requirements),
+            "system_packages": list(self.system_packages),
             "resources": {
                 "gpu": self.resources.gpu,
                 "memory": self.resources.memory,
@@ -170,6 +175,7 @@ def build_spec(nb: NotebookInfo, kind: str | None = None) -> ServiceSpec:
         request_cells=tuple(c for c in nb.cells if c.index > pcell.index),
         requirements=nb.requirements,
         resources=_resources(nb.metadata, name),
+        system_packages=_system_packages(nb.metadata, name),
     )
 
 
@@ -177,7 +183,23 @@ def _numbers(cells: list[Cell]) -> str:
     return ", ".join(str(c.number) for c in cells)
 
 
-_METADATA_KEYS = {"kind", "gpu", "memory", "cpu", "timeout"}
+_METADATA_KEYS = {"kind", "gpu", "memory", "cpu", "timeout", "system_packages"}
+
+
+def _system_packages(meta: dict[str, Any] | Any, nb_name: str) -> tuple[str, ...]:
+    packages = meta.get("system_packages", [])
+    if not isinstance(packages, list) or not all(isinstance(p, str) for p in packages):
+        raise SpecError(
+            f"{nb_name}: metadata.nb2svc.system_packages = {packages!r} is not valid",
+            'use a list of Debian package names, e.g. ["libgomp1"]',
+        )
+    for package in packages:
+        if not SYSTEM_PACKAGE.match(package):
+            raise SpecError(
+                f"{nb_name}: metadata.nb2svc.system_packages: {package!r} is not a Debian package name",
+                "use names like libgomp1 or ffmpeg, optionally pinned: name=version",
+            )
+    return tuple(dict.fromkeys(packages))
 
 
 def _resources(meta: dict[str, Any] | Any, nb_name: str) -> Resources:

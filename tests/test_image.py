@@ -225,6 +225,20 @@ def _step_cache(log: list[str]) -> dict[str, bool]:
     return {k: any(v for step, v in out.items() if step.startswith(k)) for k in keys}
 
 
+def test_system_packages_are_installed_with_apt(client: Any, tmp_path: Path) -> None:
+    """metadata.nb2svc.system_packages: Debian's apt, from the mirror the base image names."""
+    nb = nbformat.read(NOTEBOOKS / "raises.ipynb", as_version=4)
+    nb.metadata["nb2svc"] = {"system_packages": ["jq"]}
+    path = tmp_path / "needs_jq.ipynb"
+    nbformat.write(nb, path)
+    image = build(
+        render(inspect_notebook(path), tmp_path / "ctx", BuildOptions(base=BASE)), "nb2svc-test/jq:1", client=client
+    )
+    out = client.containers.run(image.id, ["jq", "-n", "--argjson", "a", "[1,2]", "$a | add"], remove=True)
+    assert out.strip() == b"3"  # run as the image's user (10001), jq on its PATH
+    assert client.images.get(image.id).labels["nb2svc.system_packages"] == "jq"
+
+
 def test_a_failing_pip_line_shows_the_steps_log(client: Any, tmp_path: Path) -> None:
     nb = nbformat.read(NOTEBOOKS / "raises.ipynb", as_version=4)
     nb.cells[0].source = "%pip install nb2svc-no-such-package-xyz==9.9\nimport math"

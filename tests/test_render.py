@@ -11,7 +11,7 @@ import nbformat
 import pytest
 
 from nb2svc import inspect_notebook
-from nb2svc.errors import Nb2svcError
+from nb2svc.errors import Nb2svcError, SpecError
 from nb2svc.render import Artifact, BuildOptions, render
 
 from .conftest import NOTEBOOKS
@@ -121,3 +121,59 @@ def test_a_label_too_long_for_a_dockerfile_line_is_left_to_build(tmp_path: Path)
     assert "nb2svc.openapi=" not in dockerfile and 'nb2svc.kind="serving"' in dockerfile
     small = render(inspect_notebook(NOTEBOOKS / "raises.ipynb"), tmp_path / "small")
     assert "nb2svc.openapi" not in small.build_labels
+
+
+def _with_metadata(tmp_path: Path, **nb2svc: object) -> Path:
+    nb = nbformat.read(NOTEBOOKS / "raises.ipynb", as_version=4)
+    nb.metadata["nb2svc"] = nb2svc
+    path = tmp_path / "needs_apt.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+def test_system_packages_are_a_layer_below_the_python_dependencies(tmp_path: Path) -> None:
+    notebook = _with_metadata(tmp_path, system_packages=["libgomp1", "jq=1.6-2.1"])
+    spec = inspect_notebook(notebook)
+    assert spec.system_packages == ("libgomp1", "jq=1.6-2.1")
+    ctx = render(spec, tmp_path / "ctx", BuildOptions(system_packages=("ffmpeg", "jq=1.6-2.1")))
+    steps = _dockerfile_steps(ctx.path)
+    apt = next(i for i, s in enumerate(steps) if s.startswith("RUN ") and "apt-get update" in s)
+    install = next(s for s in steps[apt:] if "apt-get install" in s)
+    assert install.split("--no-install-recommends ")[1].split(";")[0] == "libgomp1 jq=1.6-2.1 ffmpeg"
+    base, deps = (
+        next(i for i, s in enumerate(steps) if s.startswith(p))
+        for p in ("FROM ${BASE_IMAGE} AS base", "FROM base AS deps")
+    )
+    assert base < apt < deps  # in the base stage: both the deps stage and the final image have them
+    assert ctx.labels["nb2svc.system_packages"] == "libgomp1 jq=1.6-2.1 ffmpeg"
+
+    plain = render(inspect_notebook(NOTEBOOKS / "raises.ipynb"), tmp_path / "plain")
+    assert "apt-get" not in (plain.path / "Dockerfile").read_text()
+    assert "nb2svc.system_packages" not in plain.labels
+
+
+@pytest.mark.parametrize("package", ["jq; rm -rf /", "$(id)", "Jq", "-y", "jq\nRUN id", ""])
+def test_a_system_package_that_is_not_a_package_name_is_refused(tmp_path: Path, package: str) -> None:
+    with pytest.raises(SpecError, match="is not a Debian package name"):
+        inspect_notebook(_with_metadata(tmp_path, system_packages=[package]))
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nb2svc.cli",
+            "render",
+            str(NOTEBOOKS / "raises.ipynb"),
+            "-o",
+            str(tmp_path / "o"),
+            "--system-package",
+            package,
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 1 and "is not a Debian package name" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_system_packages_must_be_a_list_of_names(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match=r"metadata.nb2svc.system_packages = 'jq' is not valid"):
+        inspect_notebook(_with_metadata(tmp_path, system_packages="jq"))
