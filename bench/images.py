@@ -15,8 +15,8 @@ nb2svc-test/base:cpu with the library API (nb2svc.render.render, nb2svc.build.bu
    containers of the same base image: a bare Kernel Gateway notebook-http endpoint doing the same work
    (bench/notebooks/bare_kg_iris.ipynb, written here from the sample's setup cells) for kernel-gateway, and a
    hand-written Starlette endpoint (bench/handwritten_iris.py) for openfaas. Rows marked "diagnostic" say
-   where the time goes: two variants of the bare notebook, and the openfaas image served by nb2svc's runtime
-   classes without the backend's thread hops (and without its worker process).
+   where the time goes (two variants of the bare notebook); the openfaas image is also measured with
+   ``NB2SVC_WORKERS=0`` (serving in the server's own process, no worker round trip).
 
 Needs what ``scripts/docker-setup`` makes (dockerd, nb2svc-test/debian:bookworm); builds nb2svc-test/base:cpu
 when it is missing. Prints markdown tables, writes every figure as JSON to /tmp/nb2svc-bench-images.json.
@@ -390,24 +390,8 @@ BARE = "bare notebook-http"
 BARE_FN = "bare notebook-http, endpoint calls a function (diagnostic)"
 BARE_INFO = "bare notebook-http + ResponseInfo cell (diagnostic)"
 OF = "nb2svc openfaas"
-OF_DIRECT = "openfaas image, Core awaited on uvicorn's loop (diagnostic)"
-OF_INPROCESS = "openfaas image, Core on uvicorn's loop, in-process executor (diagnostic)"
+OF_INPROCESS = "nb2svc openfaas, NB2SVC_WORKERS=0"
 HAND = "hand-written Starlette"
-
-# The openfaas image's runtime served without the backend's thread hops (fix A), and without the worker process
-# too (fix B): nb2svc's own runtime classes, started with `python3 -c` in the same image. Diagnostics only.
-_DIRECT_SERVER = """
-import os, uvicorn
-from nb2svc.spec import inspect_notebook
-from nb2svc.runtime.app import ASGIAdapter
-from nb2svc.runtime.config import Config
-from nb2svc.runtime.core import Core
-from nb2svc.runtime.inprocess import InProcessExecutor
-spec = inspect_notebook(os.environ["NB2SVC_NOTEBOOK"])
-config = Config.from_env(os.environ, spec)
-core = Core(spec, config, InProcessExecutor(spec, config) if os.environ.get("IN_PROCESS") else None)
-uvicorn.run(ASGIAdapter(core), host="0.0.0.0", port=8080, log_level="warning", access_log=False, lifespan="on")
-"""
 
 
 def start_endpoints(containers: Containers, refs: dict[str, str], tmp: Path) -> dict[str, tuple[int, float]]:
@@ -442,13 +426,8 @@ def start_endpoints(containers: Containers, refs: dict[str, str], tmp: Path) -> 
         BARE_FN: (BASE, {"command": gateway("bare_kg_iris_function.ipynb")}, "POST", "/invoke"),
         BARE_INFO: (BASE, {"command": gateway("bare_kg_iris_response_info.ipynb")}, "POST", "/invoke"),
         OF: (refs["openfaas"], {}, "GET", "/health"),
-        OF_DIRECT: (refs["openfaas"], {"command": ["python3", "-c", _DIRECT_SERVER]}, "GET", "/health"),
-        OF_INPROCESS: (
-            refs["openfaas"],
-            {"command": ["python3", "-c", _DIRECT_SERVER], "environment": {"IN_PROCESS": "1"}},
-            "GET",
-            "/health",
-        ),
+        # the same image, serving in the server's own process (docs/notebook-contract.md §3)
+        OF_INPROCESS: (refs["openfaas"], {"environment": {"NB2SVC_WORKERS": "0"}}, "GET", "/health"),
         HAND: (BASE, {"command": handwritten}, "GET", "/health"),
     }
     started = {}
@@ -487,7 +466,7 @@ def bench_latency(
         say(f"latency: {requests} requests each, in {rounds} interleaved rounds ...")
         lat: dict[str, list[float]] = {n: [] for n in names}
         reconnects = dict.fromkeys(names, 0)
-        nb2svc = [KG, OF, OF_DIRECT, OF_INPROCESS]  # they answer /metrics
+        nb2svc = [KG, OF, OF_INPROCESS]  # they answer /metrics
         before = {n: server_time(endpoints[n][0]) for n in nb2svc}
         by_round: dict[str, list[float]] = {n: [] for n in names}  # each round's p50, s
         block = max(1, requests // rounds)
@@ -520,7 +499,7 @@ def bench_latency(
         out["endpoints"][name] = figures
     e = out["endpoints"]
     pairs = {"kg": (KG, BARE), "kg_vs_function": (KG, BARE_FN), "kg_vs_response_info": (KG, BARE_INFO)}
-    pairs |= {"openfaas": (OF, HAND), "openfaas_fix_a": (OF_DIRECT, HAND), "openfaas_fix_b": (OF_INPROCESS, HAND)}
+    pairs |= {"openfaas": (OF, HAND), "openfaas_workers_0": (OF_INPROCESS, HAND)}
     for key, (ours, theirs) in pairs.items():
         out[f"ratio_{key}_p50"] = round(e[ours]["p50_ms"] / e[theirs]["p50_ms"], 2)
         out[f"ratio_{key}_p99"] = round(e[ours]["p99_ms"] / e[theirs]["p99_ms"], 2)
@@ -738,7 +717,7 @@ def report(results: Json) -> str:
         rows.append([name, r["p50_ms"], r["p90_ms"], r["p99_ms"], r.get("server_side_mean_ms", ""), r["ready_after_s"]])
     out += [table(["endpoint", "p50 ms", "p90 ms", "p99 ms", "nb2svc server-side mean ms", "ready after s"], rows), ""]
     comparisons = {"kg": (KG, BARE), "kg_vs_function": (KG, BARE_FN), "kg_vs_response_info": (KG, BARE_INFO)}
-    comparisons |= {"openfaas": (OF, HAND), "openfaas_fix_a": (OF_DIRECT, HAND), "openfaas_fix_b": (OF_INPROCESS, HAND)}
+    comparisons |= {"openfaas": (OF, HAND), "openfaas_workers_0": (OF_INPROCESS, HAND)}
     for key, (ours, theirs) in comparisons.items():
         what = f"{ours} / {theirs}"
         by_round = lat[f"ratio_{key}_p50_by_round"]
@@ -814,6 +793,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         t[f"{backend}: nb2svc's layers < 50 MB over base"] = b[backend]["size"]["over_base_bytes"] < 50 * MB
     t["kernel-gateway p50 within 1.2x of bare notebook-http"] = lat["ratio_kg_p50"] <= 1.2
     t["openfaas p50 within 1.5x of hand-written Starlette"] = lat["ratio_openfaas_p50"] <= 1.5
+    t["openfaas with NB2SVC_WORKERS=0: p50 within 1.5x of hand-written Starlette"] = (
+        lat["ratio_openfaas_workers_0_p50"] <= 1.5
+    )
     results["elapsed_s"] = round(time.perf_counter() - started, 1)
     args.output.write_text(json.dumps(results, indent=2) + "\n")
     print(report(results))
