@@ -2,14 +2,23 @@
 
 A re-tag copies the manifest under a new tag (GET then PUT): the layers are already in the repository, so
 nothing is pulled or pushed. Registries on 127.0.0.1 or localhost are spoken to over http, others over https.
-Anonymous access only; a registry that asks for credentials gets a :class:`RegistryError` with a hint.
+
+Credentials are the ones ``docker login`` keeps (``$DOCKER_CONFIG/config.json`` or ``~/.docker``, credential
+helpers included, read through the docker SDK), as ``docker push`` uses them. A registry answering 401
+gets them as its challenge asks: ``Basic``, or ``Bearer`` (the token from the challenge's realm, for its
+service and scope: Docker Hub, GHCR, Harbor, GitLab). Without credentials for it: a :class:`RegistryError`
+that says to log in.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import base64
+import re
+from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
+from docker import auth as docker_auth
 
 from .build import RegistryError
 
@@ -23,10 +32,28 @@ _ACCEPT = {"Accept": ", ".join(MANIFEST_TYPES)}
 _LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
 
+_CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
+
+
+def credentials(host: str) -> tuple[str, str] | None:
+    """``docker login``'s user and password for ``host``, if it has them (not an OAuth identity token)."""
+    try:
+        found = docker_auth.load_config().resolve_authconfig(host)
+    except Exception:  # a broken config or credential helper: as if logged out
+        return None
+    if not found:
+        return None
+    entry = {k.lower(): v for k, v in found.items()}  # config.json's keys, or a credential helper's
+    if entry.get("username") and entry.get("password") is not None:
+        return str(entry["username"]), str(entry["password"])
+    return None
+
+
 @dataclass(frozen=True)
 class Registry:
     host: str  # host[:port]
     timeout: float = 30.0
+    _tokens: dict[str, str] = field(default_factory=dict, compare=False, repr=False)  # scope → bearer token
 
     @property
     def base_url(self) -> str:
@@ -60,18 +87,59 @@ class Registry:
         self._check(response, name)
         return sorted(response.json().get("tags") or [])
 
-    def _request(self, method: str, path: str, **kw: object) -> httpx.Response:
+    def _request(self, method: str, path: str, headers: dict[str, str] | None = None, **kw: Any) -> httpx.Response:
         url = f"{self.base_url}/{path}"
+        headers = dict(headers or {})
         try:
-            return httpx.request(method, url, timeout=self.timeout, **kw)  # type: ignore[arg-type]  # httpx's kwargs
+            response = self._send(method, url, headers, kw)
+            if response.status_code == 401:  # once: answer the challenge, then the answer stands
+                authorization = self._authorization(response.headers.get("WWW-Authenticate", ""))
+                if authorization:
+                    response = self._send(method, url, {**headers, "Authorization": authorization}, kw)
+            return response
         except httpx.HTTPError as e:
             raise RegistryError(f"registry {self.host} did not answer {method} {url}: {e}", "is it running?") from e
 
+    def _send(self, method: str, url: str, headers: dict[str, str], kw: dict[str, Any]) -> httpx.Response:
+        return httpx.request(method, url, headers=headers, timeout=self.timeout, **kw)
+
+    def _authorization(self, challenge: str) -> str | None:
+        """The Authorization header for a 401's ``WWW-Authenticate``; None without credentials or a way."""
+        scheme, _, rest = challenge.partition(" ")
+        login = credentials(self.host)
+        if scheme.lower() == "basic":
+            if login is None:
+                return None
+            return "Basic " + base64.b64encode(":".join(login).encode()).decode()
+        if scheme.lower() != "bearer":
+            return None
+        params = dict(_CHALLENGE_PARAM.findall(rest))
+        realm = params.pop("realm", "")
+        if not realm:
+            return None
+        key = f"{params.get('service', '')} {params.get('scope', '')}"
+        if key not in self._tokens:
+            try:  # anonymous when there is no login: public repositories still get a pull token
+                got = httpx.get(realm, params=params, auth=login, timeout=self.timeout)
+            except httpx.HTTPError as e:
+                raise RegistryError(f"registry {self.host}'s token service {realm} did not answer: {e}") from e
+            if got.status_code >= 400:
+                return None  # the 401 stands, and says to log in
+            body = got.json()
+            token = body.get("token") or body.get("access_token")
+            if not token:
+                return None
+            self._tokens[key] = str(token)
+        return f"Bearer {self._tokens[key]}"
+
     def _check(self, response: httpx.Response, what: str) -> None:
         if response.status_code in (401, 403):
+            logged_in = credentials(self.host) is not None
             raise RegistryError(
                 f"registry {self.host} refused {what} ({response.status_code})",
-                "nb2svc publish speaks to registries anonymously; use one that allows it",
+                f"the login for {self.host} is not allowed this; check its rights"
+                if logged_in
+                else f"log in first: docker login {self.host} (nb2svc uses docker's credentials)",
             )
         if response.status_code >= 400:
             detail = response.text[:200]

@@ -3,15 +3,19 @@ nb2svc's hooks, Docker and the registry on 127.0.0.1:5000 (a fresh namespace per
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
+import docker
 import httpx
 import pytest
 
@@ -19,7 +23,7 @@ from nb2svc.hooks import BACKUP_SUFFIX, HookError, install, uninstall
 from nb2svc.project import ProjectError, load_project, parse_project
 from nb2svc.publish import plan, publish
 
-from .conftest import BASE, NOTEBOOKS, ROOT
+from .conftest import BASE, NOTEBOOKS, ROOT, free_port
 
 REGISTRY = "127.0.0.1:5000"
 IRIS = ROOT / "sample_notebooks" / "iris_nearest.ipynb"
@@ -296,3 +300,83 @@ def test_hooks_install_refuse_to_overwrite_and_uninstall(tmp_path: Path) -> None
     )
     assert cli.returncode == 0, cli.stderr
     assert not server_hook.exists()
+
+
+# --- a registry that asks for a login ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def locked_registry(tmp_path: Path) -> Any:
+    """A second real registry (Debian's docker-registry) on 127.0.0.1 with htpasswd (Basic) auth."""
+    with warnings.catch_warnings():  # the stdlib's bcrypt (via libcrypt), deprecated but in 3.11
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt
+
+    port = free_port()
+    bcrypt = crypt.crypt("s3cret", crypt.mksalt(crypt.METHOD_BLOWFISH))  # noqa: S324  # bcrypt, as htpasswd -B
+    (tmp_path / "htpasswd").write_text(f"robot:{bcrypt}\n")
+    (tmp_path / "registry.yml").write_text(
+        "version: 0.1\n"
+        f"storage: {{filesystem: {{rootdirectory: {tmp_path / 'data'}}}}}\n"
+        f"http: {{addr: '127.0.0.1:{port}'}}\n"
+        f"auth: {{htpasswd: {{realm: nb2svc-test, path: {tmp_path / 'htpasswd'}}}}}\n"
+        "log: {level: warn}\n"
+    )
+    proc = subprocess.Popen(
+        ["docker-registry", "serve", str(tmp_path / "registry.yml")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(100):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v2/", timeout=2).status_code == 401:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the registry with a login never answered")
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_publishing_to_a_registry_that_asks_for_docker_login_credentials(
+    docker_base: None, locked_registry: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Logged out: the registry's refusal, and what to do. Logged in (docker's config.json): built, pushed,
+    and at the next commit re-tagged through the registry API with the same login."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run([*GIT, "init", "-q", str(repo)], check=True)
+    shutil.copy(NOTEBOOKS / "raises.ipynb", repo / "raises.ipynb")
+    (repo / "nb2svc.yaml").write_text(f"registry: {locked_registry}/team\nbase: {BASE}\n")
+    commit(repo, "a notebook")
+
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "logged-out"))
+    report = publish(repo, client=docker.from_env())
+    [failed] = report.outcomes
+    assert failed.status == "failed" and failed.exit_code == 3
+    assert f"registry {locked_registry} refused" in failed.detail
+    assert f"docker login {locked_registry}" in failed.detail
+
+    config = tmp_path / "logged-in"
+    config.mkdir()
+    login = base64.b64encode(b"robot:s3cret").decode()
+    (config / "config.json").write_text(json.dumps({"auths": {locked_registry: {"auth": login}}}))
+    monkeypatch.setenv("DOCKER_CONFIG", str(config))
+    client = docker.from_env()  # reads the login, as the CLI's client does
+    [built] = publish(repo, client=client).outcomes
+    assert built.status == "built", built.detail
+    (repo / "README.md").write_text("not a notebook\n")
+    commit(repo, "docs only")
+    [unchanged] = publish(repo, client=client).outcomes
+    assert unchanged.status == "unchanged", unchanged.detail
+    listed = httpx.get(f"http://{locked_registry}/v2/team/raises/tags/list", auth=("robot", "s3cret"), timeout=10)
+    head = git(repo, "rev-parse", "--short", "HEAD").strip()
+    assert head in listed.json()["tags"]  # the re-tag reached the registry under the new commit
+    assert httpx.get(f"http://{locked_registry}/v2/team/raises/tags/list", timeout=10).status_code == 401
