@@ -175,6 +175,23 @@ def test_a_notebook_that_does_not_compile_stops_the_push_and_the_server_keeps_a_
     assert tags(namespace, "iris_nearest")
 
 
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_a_publish_over_the_hooks_time_limit_is_stopped_and_so_is_the_push(
+    docker_base: None, repos: tuple[Path, Path], namespace: str
+) -> None:
+    bare, work = repos
+    started = time.monotonic()
+    stopped = push(work, NB2SVC_HOOK_TIMEOUT="1")  # compiling and building two notebooks takes longer
+    assert time.monotonic() - started < 60
+    assert stopped.returncode != 0
+    assert "nb2svc: publishing took over 1 s and was stopped (NB2SVC_HOOK_TIMEOUT sets the limit)" in stopped.stderr
+    assert "the push was stopped because publishing failed" in stopped.stderr
+    assert git(bare, "rev-parse", "--verify", "-q", "refs/heads/main", check=False) == ""  # nothing reached it
+    assert "nb2svc-push." not in git(work, "worktree", "list")  # the pushed commit's checkout is gone
+
+
 # --- without Docker ----------------------------------------------------------------------------------------
 
 
