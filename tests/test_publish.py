@@ -175,11 +175,10 @@ def test_a_notebook_that_does_not_compile_stops_the_push_and_the_server_keeps_a_
     assert tags(namespace, "iris_nearest")
 
 
-
 @pytest.mark.docker
 @pytest.mark.slow
 def test_a_publish_over_the_hooks_time_limit_is_stopped_and_so_is_the_push(
-    docker_base: None, repos: tuple[Path, Path], namespace: str
+    docker_base: None, repos: tuple[Path, Path]
 ) -> None:
     bare, work = repos
     started = time.monotonic()
