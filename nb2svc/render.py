@@ -180,7 +180,7 @@ def render(spec: ServiceSpec, out: Path, options: BuildOptions | None = None, im
 def system_packages(spec: ServiceSpec, options: BuildOptions) -> list[str]:
     """The notebook's system packages, then the build's (``--system-package``); each once, checked."""
     for package in options.system_packages:
-        if not SYSTEM_PACKAGE.match(package):
+        if not SYSTEM_PACKAGE.fullmatch(package):
             raise Nb2svcError(
                 f"--system-package {package!r} is not a Debian package name",
                 "use names like libgomp1 or ffmpeg, optionally pinned: name=version",

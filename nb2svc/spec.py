@@ -14,10 +14,10 @@ from .types import JSON
 
 Kind = Literal["serving", "training"]
 KINDS: tuple[Kind, ...] = ("serving", "training")
-_QUANTITY = re.compile(r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|K|M|G|T|k|m)?$")
+_QUANTITY = re.compile(r"\d+(\.\d+)?(Ki|Mi|Gi|Ti|K|M|G|T|k|m)?")
 # A Debian/Ubuntu package name, optionally pinned (``libgomp1``, ``ffmpeg=7:5.1.6-0+deb12u1``):
 # the names go into an apt-get command line, so nothing else gets through.
-SYSTEM_PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.-]+(=[A-Za-z0-9.+~:_-]+)?$")
+SYSTEM_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]+(=[A-Za-z0-9.+~:_-]+)?")  # whole names: fullmatch
 
 
 @dataclass(frozen=True)
@@ -194,7 +194,7 @@ def _system_packages(meta: dict[str, Any] | Any, nb_name: str) -> tuple[str, ...
             'use a list of Debian package names, e.g. ["libgomp1"]',
         )
     for package in packages:
-        if not SYSTEM_PACKAGE.match(package):
+        if not SYSTEM_PACKAGE.fullmatch(package):
             raise SpecError(
                 f"{nb_name}: metadata.nb2svc.system_packages: {package!r} is not a Debian package name",
                 "use names like libgomp1 or ffmpeg, optionally pinned: name=version",
@@ -219,7 +219,7 @@ def _resources(meta: dict[str, Any] | Any, nb_name: str) -> Resources:
     for key in ("memory", "cpu"):
         if key in meta:
             v = str(meta[key])
-            if not _QUANTITY.match(v):
+            if not _QUANTITY.fullmatch(v):
                 raise bad(key, "a quantity like '2Gi' or '500m'")
             res[key] = v
     if "timeout" in meta:

@@ -152,7 +152,7 @@ def test_system_packages_are_a_layer_below_the_python_dependencies(tmp_path: Pat
     assert "nb2svc.system_packages" not in plain.labels
 
 
-@pytest.mark.parametrize("package", ["jq; rm -rf /", "$(id)", "Jq", "-y", "jq\nRUN id", ""])
+@pytest.mark.parametrize("package", ["jq; rm -rf /", "$(id)", "Jq", "-y", "jq\nRUN id", "jq\n", ""])
 def test_a_system_package_that_is_not_a_package_name_is_refused(tmp_path: Path, package: str) -> None:
     with pytest.raises(SpecError, match="is not a Debian package name"):
         inspect_notebook(_with_metadata(tmp_path, system_packages=[package]))

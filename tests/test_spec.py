@@ -167,6 +167,9 @@ def test_bad_resources_are_named(tmp_path: Path) -> None:
     path = notebook(tmp_path, ("parameters", "x: int = 1"), ("outputs", "y: int = x"), memory="lots")
     with pytest.raises(SpecError, match=r"metadata.nb2svc.memory = 'lots' is not valid"):
         inspect_notebook(path)
+    newline = notebook(tmp_path, ("parameters", "x: int = 1"), ("outputs", "y: int = x"), name="nl", cpu="1\n")
+    with pytest.raises(SpecError, match=r"metadata.nb2svc.cpu = '1\\n' is not valid"):
+        inspect_notebook(newline)  # the whole value is checked: it goes into labels and manifests
     typo = notebook(tmp_path, ("parameters", "x: int = 1"), ("outputs", "y: int = x"), name="typo", gpus=1)
     with pytest.raises(SpecError, match=r"metadata.nb2svc has unknown key\(s\) 'gpus'"):
         inspect_notebook(typo)
