@@ -93,7 +93,7 @@ def parse_project(text: str, root: Path) -> Project:
             f"{CONFIG_FILE} (line 1): key 'registry' is required", "e.g. `registry: 127.0.0.1:5000/team`"
         )
     registry = _string(top["registry"], "registry").rstrip("/")
-    if not _REGISTRY.match(registry):
+    if not _REGISTRY.fullmatch(registry):
         raise _error(top["registry"], "registry", f"{registry!r} is not HOST[:PORT][/namespace] in lowercase")
     base = _string(top["base"], "base") if "base" in top else None
     backend = _backend(top["backend"], "backend") if "backend" in top else "kernel-gateway"
