@@ -30,7 +30,7 @@ from . import __version__
 from .backends.kernel_gateway import gateway_command, gateway_notebook
 from .errors import Nb2svcError
 from .openapi import openapi_document
-from .spec import SYSTEM_PACKAGE, ServiceSpec
+from .spec import SYSTEM_PACKAGE_HINT, ServiceSpec, not_a_system_package
 
 Backend = Literal["kernel-gateway", "openfaas"]
 BACKENDS: tuple[Backend, ...] = ("kernel-gateway", "openfaas")
@@ -179,12 +179,9 @@ def render(spec: ServiceSpec, out: Path, options: BuildOptions | None = None, im
 
 def system_packages(spec: ServiceSpec, options: BuildOptions) -> list[str]:
     """The notebook's system packages, then the build's (``--system-package``); each once, checked."""
-    for package in options.system_packages:
-        if not SYSTEM_PACKAGE.fullmatch(package):
-            raise Nb2svcError(
-                f"--system-package {package!r} is not a Debian package name",
-                "use names like libgomp1 or ffmpeg, optionally pinned: name=version",
-            )
+    bad = not_a_system_package(options.system_packages)
+    if bad is not None:
+        raise Nb2svcError(f"--system-package {bad!r} is not a Debian package name", SYSTEM_PACKAGE_HINT)
     return list(dict.fromkeys((*spec.system_packages, *options.system_packages)))
 
 

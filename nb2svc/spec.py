@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -17,7 +18,13 @@ KINDS: tuple[Kind, ...] = ("serving", "training")
 _QUANTITY = re.compile(r"\d+(\.\d+)?(Ki|Mi|Gi|Ti|K|M|G|T|k|m)?")
 # A Debian/Ubuntu package name, optionally pinned (``libgomp1``, ``ffmpeg=7:5.1.6-0+deb12u1``):
 # the names go into an apt-get command line, so nothing else gets through.
-SYSTEM_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]+(=[A-Za-z0-9.+~:_-]+)?")  # whole names: fullmatch
+_SYSTEM_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]+(=[A-Za-z0-9.+~:_-]+)?")  # whole names: fullmatch
+SYSTEM_PACKAGE_HINT = "use names like libgomp1 or ffmpeg, optionally pinned: name=version"
+
+
+def not_a_system_package(packages: Iterable[str]) -> str | None:
+    """The first of ``packages`` that is not a Debian package name, else None."""
+    return next((p for p in packages if not _SYSTEM_PACKAGE.fullmatch(p)), None)
 
 
 @dataclass(frozen=True)
@@ -193,12 +200,11 @@ def _system_packages(meta: dict[str, Any] | Any, nb_name: str) -> tuple[str, ...
             f"{nb_name}: metadata.nb2svc.system_packages = {packages!r} is not valid",
             'use a list of Debian package names, e.g. ["libgomp1"]',
         )
-    for package in packages:
-        if not SYSTEM_PACKAGE.fullmatch(package):
-            raise SpecError(
-                f"{nb_name}: metadata.nb2svc.system_packages: {package!r} is not a Debian package name",
-                "use names like libgomp1 or ffmpeg, optionally pinned: name=version",
-            )
+    bad = not_a_system_package(packages)
+    if bad is not None:
+        raise SpecError(
+            f"{nb_name}: metadata.nb2svc.system_packages: {bad!r} is not a Debian package name", SYSTEM_PACKAGE_HINT
+        )
     return tuple(dict.fromkeys(packages))
 
 
