@@ -28,6 +28,7 @@ import nbformat
 
 from . import __version__
 from .backends.kernel_gateway import gateway_command, gateway_notebook
+from .cells import Declaration
 from .errors import Nb2svcError
 from .openapi import openapi_document
 from .spec import SYSTEM_PACKAGE_HINT, ServiceSpec, not_a_system_package
@@ -276,7 +277,21 @@ def _openfaas_files(env: jinja2.Environment, spec: ServiceSpec, out: Path, image
     )
 
 
+def _compact(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def _declaration(d: Declaration) -> dict[str, object]:
+    out: dict[str, object] = {"name": d.name, "type": d.type.python(), "required": d.required}
+    if d.has_default and not d.required:
+        out["default"] = d.default
+    if d.help:
+        out["help"] = d.help
+    return out
+
+
 def image_labels(spec: ServiceSpec, options: BuildOptions) -> dict[str, str]:
+    r = spec.resources
     labels = {
         "org.opencontainers.image.title": spec.name,
         "org.opencontainers.image.description": f"{spec.kind} function compiled by nb2svc from {spec.notebook.name}",
@@ -289,7 +304,16 @@ def image_labels(spec: ServiceSpec, options: BuildOptions) -> dict[str, str]:
         "nb2svc.notebook.sha256": spec.sha256,
         "nb2svc.openapi": json.dumps(openapi_document(spec), separators=(",", ":")),
         "nb2svc.gpu": "true" if options.gpu or spec.resources.gpu else "false",
+        # What deploy and `nb2svc models` read without pulling the image (see deploy/labels.py)
+        "nb2svc.notebook": spec.notebook.name,
+        "nb2svc.resources": _compact(
+            {"cpu": r.cpu, "memory": r.memory, "gpu": r.gpu or options.gpu, "timeout": r.timeout}
+        ),
+        "nb2svc.parameters": _compact([_declaration(p) for p in spec.parameters]),
+        "nb2svc.outputs": _compact([_declaration(o) for o in spec.outputs]),
     }
+    if spec.card:
+        labels["nb2svc.card"] = _compact(dict(spec.card))
     commit = _git_commit(spec.notebook.parent)
     if commit:
         labels["org.opencontainers.image.revision"] = commit

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -53,6 +53,8 @@ class ServiceSpec:
     requirements: tuple[str, ...]
     resources: Resources
     system_packages: tuple[str, ...] = ()  # metadata.nb2svc.system_packages: apt packages for the image
+    # metadata.nb2svc.card: the model card (model type, task, framework, owner, ...), shown as written
+    card: Mapping[str, JSON] = field(default_factory=dict)
 
     def parameter(self, name: str) -> Declaration | None:
         return next((p for p in self.parameters if p.name == name), None)
@@ -97,6 +99,7 @@ class ServiceSpec:
             },
             "requirements": list(self.requirements),
             "system_packages": list(self.system_packages),
+            "card": dict(self.card),
             "resources": {
                 "gpu": self.resources.gpu,
                 "memory": self.resources.memory,
@@ -183,6 +186,7 @@ def build_spec(nb: NotebookInfo, kind: str | None = None) -> ServiceSpec:
         requirements=nb.requirements,
         resources=_resources(nb.metadata, name),
         system_packages=_system_packages(nb.metadata, name),
+        card=_card(nb.metadata, name),
     )
 
 
@@ -190,7 +194,17 @@ def _numbers(cells: list[Cell]) -> str:
     return ", ".join(str(c.number) for c in cells)
 
 
-_METADATA_KEYS = {"kind", "gpu", "memory", "cpu", "timeout", "system_packages"}
+_METADATA_KEYS = {"kind", "gpu", "memory", "cpu", "timeout", "system_packages", "card"}
+
+
+def _card(meta: dict[str, Any] | Any, nb_name: str) -> dict[str, JSON]:
+    card = meta.get("card", {})
+    if not isinstance(card, dict) or not all(isinstance(k, str) for k in card):
+        raise SpecError(
+            f"{nb_name}: metadata.nb2svc.card = {card!r} is not valid",
+            'use a mapping, e.g. {"model_type": "k-nearest neighbours", "task": "classification", "owner": "ml-team"}',
+        )
+    return dict(card)
 
 
 def _system_packages(meta: dict[str, Any] | Any, nb_name: str) -> tuple[str, ...]:

@@ -1,0 +1,1 @@
+"""Deploy and operate: one Engine interface, an adapter per cluster engine, and the image catalog."""
