@@ -12,48 +12,23 @@ import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 from ..openapi import openapi_document
 from ..spec import ServiceSpec
 from .config import Config
 from .errors import HTTPError
+from .http import Handler, Reply, Request, too_large
 from .inprocess import InProcessExecutor
 from .metrics import CONTENT_TYPE, Metrics
-from .runs import Run
+from .runs_api import TrainingAPI
 from .serving import ServingExecutor
 from .training import TrainingExecutor
 from .validation import Validator, parse_json_body
 
+__all__ = ["Core", "Handler", "Reply", "Request", "Serving", "too_large"]
+
 log = logging.getLogger("nb2svc.core")
-
-
-@dataclass(frozen=True)
-class Request:
-    method: str
-    path: str
-    body: bytes = b""
-    query: Mapping[str, str] = field(default_factory=dict)
-    headers: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class Reply:
-    status: int
-    body: bytes = b""
-    content_type: str = "application/json"
-    headers: dict[str, str] = field(default_factory=dict)
-    file: Path | None = None  # sent instead of body: executed notebooks and artifacts
-
-    @classmethod
-    def json(cls, value: Any, status: int = 200, headers: dict[str, str] | None = None) -> Reply:
-        return cls(status, json.dumps(value, separators=(",", ":")).encode(), headers=headers or {})
-
-
-Handler = Callable[[Request, dict[str, str]], Awaitable[Reply]]
 
 
 class Serving(Protocol):
@@ -67,10 +42,6 @@ class Serving(Protocol):
     async def invoke(self, values: dict[str, Any]) -> dict[str, Any]: ...
 
 
-def too_large(limit: int) -> HTTPError:
-    return HTTPError(413, "body_too_large", f"the body is larger than {limit} bytes")
-
-
 class Core:
     """One notebook's service: start it, hand it requests, close it."""
 
@@ -80,13 +51,13 @@ class Core:
         self.validate = Validator(spec)
         self.metrics = Metrics()
         self._openapi = json.dumps(openapi_document(spec), separators=(",", ":")).encode()
-        api: _ServingAPI | _TrainingAPI
+        api: _ServingAPI | TrainingAPI
         if spec.kind == "serving":
             if serving is None:  # NB2SVC_WORKERS=0 trades crash isolation and timeouts for one process hop less
                 serving = InProcessExecutor(spec, config) if config.workers == 0 else ServingExecutor(spec, config)
             api = _ServingAPI(self, serving)
         else:
-            api = _TrainingAPI(self, TrainingExecutor(spec, config))
+            api = TrainingAPI(TrainingExecutor(spec, config), self.parameters, spec.name)
             self.metrics.track_runs(api.executor.counts)
         self.executor: Serving | TrainingExecutor = api.executor
         routes: list[tuple[str, str, Handler]] = [
@@ -182,74 +153,3 @@ class _ServingAPI:
 
     async def invoke(self, request: Request, params: dict[str, str]) -> Reply:
         return Reply.json(await self.executor.invoke(self.core.parameters(request)))
-
-
-class _TrainingAPI:
-    def __init__(self, core: Core, executor: TrainingExecutor) -> None:
-        self.core = core
-        self.executor = executor
-
-    def routes(self) -> list[tuple[str, str, Handler]]:
-        return [
-            ("POST", "/runs", self.start_run),
-            ("GET", "/runs", self.list_runs),
-            ("GET", "/runs/{id}", self.get_run),
-            ("DELETE", "/runs/{id}", self.cancel_run),
-            ("GET", "/runs/{id}/notebook", self.run_notebook),
-            ("GET", "/runs/{id}/artifacts/{path:path}", self.run_artifact),
-        ]
-
-    def _body(self, run: Run) -> dict[str, Any]:
-        body = asdict(run)
-        base = f"/runs/{run.id}"
-        body["links"] = {"self": base, "notebook": f"{base}/notebook", "artifacts": f"{base}/artifacts/"}
-        return body
-
-    async def start_run(self, request: Request, params: dict[str, str]) -> Reply:
-        wait = request.query.get("wait")
-        try:
-            seconds = float(wait) if wait is not None else 0.0
-            if not 0 <= seconds <= 24 * 3600:
-                raise ValueError
-        except ValueError:
-            raise HTTPError(
-                422,
-                "validation_error",
-                f"wait={wait!r} is not a number of seconds",
-                detail=[{"loc": ["query", "wait"], "field": "wait", "type": "invalid", "msg": "expected number"}],
-            ) from None
-        run = self.executor.submit(self.core.parameters(request))
-        if seconds:
-            run = await self.executor.wait(run.id, seconds)
-        return Reply.json(self._body(run), 200 if run.done else 202, {"Location": f"/runs/{run.id}"})
-
-    async def list_runs(self, request: Request, params: dict[str, str]) -> Reply:
-        runs = sorted(self.executor.runs.values(), key=lambda r: r.created_at, reverse=True)
-        return Reply.json([self._body(r) for r in runs])
-
-    async def get_run(self, request: Request, params: dict[str, str]) -> Reply:
-        return Reply.json(self._body(self.executor.get(params["id"])))
-
-    async def cancel_run(self, request: Request, params: dict[str, str]) -> Reply:
-        run = self.executor.cancel(params["id"])
-        return Reply.json(self._body(await self.executor.wait(run.id, 10)))
-
-    async def run_notebook(self, request: Request, params: dict[str, str]) -> Reply:
-        run = self.executor.get(params["id"])
-        path = self.executor.store.notebook(run.id)
-        if not path.is_file():
-            raise HTTPError(404, "not_found", f"run {run.id} has not started yet; no executed notebook")
-        name = f"{self.core.spec.name}-{run.id}.ipynb"
-        return Reply(
-            200,
-            content_type="application/x-ipynb+json",
-            file=path,
-            headers={"Content-Disposition": f'attachment; filename="{name}"'},
-        )
-
-    async def run_artifact(self, request: Request, params: dict[str, str]) -> Reply:
-        run = self.executor.get(params["id"])
-        path = self.executor.store.artifact(run.id, params["path"])
-        if path is None:
-            raise HTTPError(404, "not_found", f"run {run.id} has no artifact {params['path']!r}")
-        return Reply(200, content_type="application/octet-stream", file=path)

@@ -1,0 +1,40 @@
+"""The request and reply every adapter hands the core, free of any web framework."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import HTTPError
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    body: bytes = b""
+    query: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Reply:
+    status: int
+    body: bytes = b""
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+    file: Path | None = None  # sent instead of body: executed notebooks and artifacts
+
+    @classmethod
+    def json(cls, value: Any, status: int = 200, headers: dict[str, str] | None = None) -> Reply:
+        return cls(status, json.dumps(value, separators=(",", ":")).encode(), headers=headers or {})
+
+
+Handler = Callable[[Request, dict[str, str]], Awaitable[Reply]]
+
+
+def too_large(limit: int) -> HTTPError:
+    return HTTPError(413, "body_too_large", f"the body is larger than {limit} bytes")
