@@ -49,13 +49,36 @@ def _comments(source: str) -> dict[int, str]:
     return out
 
 
+def _help(comment: str) -> str:
+    """The help text of a line's comment: after a PEP 484 ``# type: T`` comment, the next ``#`` starts it."""
+    if comment.startswith("type:"):
+        return comment.partition("#")[2].strip()
+    return comment
+
+
 def _parse(cell: Cell, nb_name: str, what: str) -> ast.Module:
     try:
-        return ast.parse(cell.source)
+        # type_comments: papermill reads `rate = 1  # type: float` as a float, and so does nb2svc
+        return ast.parse(cell.source, type_comments=True)
     except SyntaxError as e:
         raise SpecError(
             f"{nb_name}: {what} cell (cell {cell.number}, line {e.lineno}): syntax error: {e.msg}",
             "the cell must be plain Python: one `name: type = value` per line",
+        ) from None
+
+
+def check_syntax(cell: Cell, nb_name: str) -> None:
+    """Compile a code cell as the kernel will, after IPython's transforms (``%magic``, ``!cmd``, ``%%cell``)."""
+    from IPython.core.inputtransformer2 import TransformerManager  # IPython is heavy; only compiling needs it
+
+    try:
+        python = TransformerManager().transform_cell(cell.source)
+        # top-level await is valid in a Jupyter cell
+        compile(python, f"<cell {cell.number}>", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True)
+    except SyntaxError as e:
+        raise SpecError(
+            f"{nb_name}: cell {cell.number}, line {e.lineno}: syntax error: {e.msg}",
+            "fix the cell so that it runs in Jupyter; every code cell is compiled before the service starts",
         ) from None
 
 
@@ -81,7 +104,7 @@ def read_parameters(cell: Cell, nb_name: str) -> list[Declaration]:
             isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant)
         ):
             continue  # imports and docstrings are allowed and are not parameters
-        target, annotation, value = _assignment(stmt)
+        target, annotation, value = _assignment(stmt, nb_name, cell)
         if target is None:
             raise SpecError(
                 f"{_where(nb_name, 'parameters', cell, stmt.lineno)}: "
@@ -92,7 +115,7 @@ def read_parameters(cell: Cell, nb_name: str) -> list[Declaration]:
         if target in seen:
             raise SpecError(f"{where}: assigned twice (first on line {seen[target]})", "keep one assignment")
         seen[target] = stmt.lineno
-        help_text, required = _help_and_required(comments.get(stmt.end_lineno or stmt.lineno, ""))
+        help_text, required = _help_and_required(_help(comments.get(stmt.end_lineno or stmt.lineno, "")))
         if value is None:
             raise SpecError(
                 f"{where}: has no default value",
@@ -119,7 +142,7 @@ def read_outputs(cell: Cell, nb_name: str) -> list[Declaration]:
     comments = _comments(cell.source)
     decls: list[Declaration] = []
     for stmt in tree.body:
-        target, annotation, _ = _assignment(stmt)
+        target, annotation, _ = _assignment(stmt, nb_name, cell)
         if target is None:
             continue
         where = _where(nb_name, f"output {target!r}", cell, stmt.lineno)
@@ -132,7 +155,7 @@ def read_outputs(cell: Cell, nb_name: str) -> list[Declaration]:
                 name=target,
                 type=_type_of(where, annotation, _MISSING),
                 line=stmt.lineno,
-                help=comments.get(stmt.end_lineno or stmt.lineno, ""),
+                help=_help(comments.get(stmt.end_lineno or stmt.lineno, "")),
             )
         )
     if not decls:
@@ -143,12 +166,27 @@ def read_outputs(cell: Cell, nb_name: str) -> list[Declaration]:
     return decls
 
 
-def _assignment(stmt: ast.stmt) -> tuple[str | None, ast.expr | None, ast.expr | None]:
+def _assignment(stmt: ast.stmt, nb_name: str, cell: Cell) -> tuple[str | None, ast.expr | None, ast.expr | None]:
     if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
         return stmt.target.id, stmt.annotation, stmt.value
     if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
-        return stmt.targets[0].id, None, stmt.value
+        name = stmt.targets[0].id
+        return name, _type_comment(stmt.type_comment, _where(nb_name, repr(name), cell, stmt.lineno)), stmt.value
     return None, None, None
+
+
+def _type_comment(comment: str | None, where: str) -> ast.expr | None:
+    """The annotation a PEP 484 ``# type: T`` comment gives (a second ``#`` starts the help text)."""
+    if comment is None:
+        return None
+    text = comment.partition("#")[0].strip()
+    try:
+        return ast.parse(text, mode="eval").body
+    except SyntaxError:
+        raise SpecError(
+            f"{where}: `# type: {text}` is not a type",
+            "write a type after `# type:` (e.g. `# type: float`), or annotate the line: `name: float = ...`",
+        ) from None
 
 
 def _literal(node: ast.expr) -> Any:

@@ -60,11 +60,12 @@ def load_notebook(path: str | Path) -> NotebookInfo:
         nb = nbformat.reads(data.decode("utf-8"), as_version=4)
     except Exception as e:  # nbformat raises several unrelated types for bad files
         raise NotebookError(f"{p}: not a readable Jupyter notebook: {e}", "open and save it in Jupyter") from e
+    _check_language(p.name, nb)
     cells = tuple(
         Cell(
             number=i + 1,
             index=i,
-            source=c.source,
+            source=_source(c),
             tags=tuple(c.get("metadata", {}).get("tags", ())),
         )
         for i, c in enumerate(nb.cells)
@@ -87,6 +88,25 @@ def load_notebook(path: str | Path) -> NotebookInfo:
         kernel_name=kernel,
         raw=nb,
     )
+
+
+def _source(cell: nbformat.NotebookNode) -> str:
+    """A cell's source: hand-written JSON may leave the key out (nbformat does not fill it in)."""
+    source = cell.get("source", "")
+    return "".join(source) if isinstance(source, list) else str(source)
+
+
+def _check_language(name: str, nb: nbformat.NotebookNode) -> None:
+    """nb2svc runs notebooks on its own Python kernel, whatever their kernelspec is named; other languages stop here."""
+    spec = nb.metadata.get("kernelspec") or {}
+    languages = [spec.get("language"), (nb.metadata.get("language_info") or {}).get("name")]
+    other = next((lang for lang in languages if isinstance(lang, str) and lang.lower() != "python"), None)
+    if other is not None:
+        kernel = f" (kernel {spec['name']!r})" if spec.get("name") else ""
+        raise NotebookError(
+            f"{name}: its language is {other}{kernel}; nb2svc compiles Python notebooks only",
+            "nb2svc runs notebooks on a Python kernel (ipykernel); rewrite the notebook in Python",
+        )
 
 
 def pip_requirements(source: str) -> list[str]:

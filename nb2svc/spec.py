@@ -8,13 +8,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .cells import Declaration, read_outputs, read_parameters
+from .cells import Declaration, check_syntax, read_outputs, read_parameters
 from .errors import NotebookError, SpecError
 from .notebook import OUTPUTS_TAG, PARAMETERS_TAG, Cell, NotebookInfo, load_notebook
 from .types import JSON
 
 Kind = Literal["serving", "training"]
 KINDS: tuple[Kind, ...] = ("serving", "training")
+KALE_PARAMETERS_TAG = "pipeline-parameters"  # Kubeflow Kale's tag for the cell papermill calls `parameters`
 _QUANTITY = re.compile(r"\d+(\.\d+)?(Ki|Mi|Gi|Ti|K|M|G|T|k|m)?")
 # A Debian/Ubuntu package name, optionally pinned (``libgomp1``, ``ffmpeg=7:5.1.6-0+deb12u1``):
 # the names go into an apt-get command line, so nothing else gets through.
@@ -142,10 +143,11 @@ def build_spec(nb: NotebookInfo, kind: str | None = None) -> ServiceSpec:
         raise NotebookError(f"{name}: kind {kind!r} is unknown", "use 'serving' or 'training'")
     params_cells = nb.tagged(PARAMETERS_TAG)
     if not params_cells:
-        raise NotebookError(
-            f"{name}: no cell is tagged 'parameters'",
-            "tag the cell that assigns the inputs with 'parameters' (View > Cell Toolbar > Tags in Jupyter)",
-        )
+        kale = nb.tagged(KALE_PARAMETERS_TAG)
+        hint = "tag the cell that assigns the inputs with 'parameters' (View > Cell Toolbar > Tags in Jupyter)"
+        if kale:
+            hint = f"cell {kale[0].number} is tagged 'pipeline-parameters' (Kubeflow Kale's name): tag it 'parameters'"
+        raise NotebookError(f"{name}: no cell is tagged 'parameters'", hint)
     if len(params_cells) > 1:
         raise NotebookError(
             f"{name}: {len(params_cells)} cells are tagged 'parameters' (cells {_numbers(params_cells)})",
@@ -171,6 +173,9 @@ def build_spec(nb: NotebookInfo, kind: str | None = None) -> ServiceSpec:
         )
     params = tuple(read_parameters(pcell, name))
     outputs = tuple(read_outputs(ocell, name)) if ocell else ()
+    for cell in nb.cells:
+        if cell is not pcell and cell is not ocell:
+            check_syntax(cell, name)
     return ServiceSpec(
         name=nb.name,
         notebook=nb.path,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nbformat
@@ -196,3 +197,54 @@ def test_spec_is_frozen() -> None:
     assert isinstance(spec, ServiceSpec)
     with pytest.raises(AttributeError):
         spec.kind = "training"  # type: ignore[misc]
+
+
+def test_a_syntax_error_in_any_code_cell_fails_inspect_naming_cell_and_line() -> None:
+    """Cell 2 (magics, shell lines) compiles after IPython's transforms; cell 3's stray `)` is caught."""
+    with pytest.raises(SpecError, match=r"syntax_error_below.ipynb: cell 3, line 2: syntax error: unmatched '\)'") as e:
+        inspect_notebook(NOTEBOOKS / "syntax_error_below.ipynb")
+    assert e.value.hint
+
+
+def test_type_comments_type_a_parameter_as_papermill_reads_them(tmp_path: Path) -> None:
+    src = "rate = 1  # type: float\nname = None  # type: Optional[str]  # who asks\nn = 2  # type: ignore\n"
+    spec = inspect_notebook(notebook(tmp_path, ("parameters", src), ("outputs", "y = rate  # type: float")))
+    got = {p.name: (p.type.python(), p.default, p.help) for p in spec.parameters}
+    assert got == {"rate": ("float", 1, ""), "name": ("Optional[str]", None, "who asks"), "n": ("int", 2, "")}
+    assert [o.type.python() for o in spec.outputs] == ["float"]
+    assert spec.input_schema()["properties"]["rate"]["type"] == "number"
+    bad = notebook(tmp_path, ("parameters", "x = 1  # type: tuple[int]"), ("outputs", "y: int = 1"), name="bad")
+    with pytest.raises(SpecError, match=r"parameter 'x' \(cell 1, line 1\): type 'tuple\[int\]' is not supported"):
+        inspect_notebook(bad)
+
+
+def test_a_code_cell_without_source_is_an_empty_cell(tmp_path: Path) -> None:
+    """Hand-written JSON may leave the key out; nbformat does not fill it in."""
+    cells = [
+        {"cell_type": "code", "metadata": {"tags": ["parameters"]}, "outputs": [], "source": "x: int = 1"},
+        {"cell_type": "code", "metadata": {}, "outputs": []},
+        {"cell_type": "code", "metadata": {"tags": ["outputs"]}, "outputs": [], "source": ["y: int = x\n"]},
+    ]
+    path = tmp_path / "raw.ipynb"
+    path.write_text(json.dumps({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 4}))
+    spec = inspect_notebook(path)
+    assert [c.number for c in spec.request_cells] == [2, 3] and spec.request_cells[0].source == ""
+    assert [o.name for o in spec.outputs] == ["y"]
+
+
+def test_a_kale_pipeline_parameters_cell_gets_a_hint() -> None:
+    with pytest.raises(NotebookError, match="no cell is tagged 'parameters'") as e:
+        inspect_notebook(NOTEBOOKS / "kale_parameters.ipynb")
+    assert "cell 1 is tagged 'pipeline-parameters'" in str(e.value.hint) and "tag it 'parameters'" in str(e.value.hint)
+
+
+def test_a_notebook_in_another_language_is_refused() -> None:
+    with pytest.raises(NotebookError, match=r"r_language.ipynb: its language is R \(kernel 'ir'\)") as e:
+        inspect_notebook(NOTEBOOKS / "r_language.ipynb")
+    assert "Python" in str(e.value.hint)
+
+
+def test_a_python_notebook_from_any_environment_compiles() -> None:
+    """A kernelspec named after a conda env is still Python: the service runs it on its own kernel."""
+    spec = inspect_notebook(NOTEBOOKS / "broken_markers.ipynb")
+    assert spec.kind == "training" and [p.name for p in spec.parameters] == ["mode"]

@@ -15,9 +15,12 @@ HERE = Path(__file__).parent
 Cells = list[tuple[str, str] | str]  # "source" or (tags, source); tags comma-separated
 
 
-def write(name: str, cells: Cells, **nb2svc: object) -> None:
+PYTHON3 = {"name": "python3", "display_name": "Python 3", "language": "python"}
+
+
+def write(name: str, cells: Cells, kernelspec: dict[str, str] = PYTHON3, **nb2svc: object) -> None:
     nb = new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = kernelspec
     if nb2svc:
         nb.metadata["nb2svc"] = nb2svc
     for c in cells:
@@ -25,6 +28,9 @@ def write(name: str, cells: Cells, **nb2svc: object) -> None:
             tags, src = c
             if tags == "md":
                 nb.cells.append(new_markdown_cell(src))
+                continue
+            if tags.startswith("md,"):  # a tagged markdown cell, e.g. papermill's error markers
+                nb.cells.append(new_markdown_cell(src, metadata={"tags": tags.split(",")[1:]}))
                 continue
             nb.cells.append(new_code_cell(src, metadata={"tags": tags.split(",")}))
         else:
@@ -96,6 +102,43 @@ def main() -> None:
         [("parameters", "from decimal import Decimal\nx: int = 1\nd: Decimal = Decimal(1)"), ("outputs", "y: int = 1")],
     )
     write("syntax_error", [("parameters", "x: int = 1\ny: int = = 2"), ("outputs", "z: int = 1")])
+    write(
+        "syntax_error_below",
+        [
+            ("parameters", "x: int = 1"),
+            "%time y = x + 1\n!echo magics and shell lines compile\nif x:\n    %ls",
+            "z = y\nprint(z))",
+            ("outputs", "z: int = z"),
+        ],
+    )
+    write(
+        "r_language",
+        [("parameters", "x <- 1"), ("outputs", "y <- x")],
+        kernelspec={"name": "ir", "display_name": "R", "language": "R"},
+    )
+    write("kale_parameters", [("pipeline-parameters", "x: int = 1"), ("outputs", "y: int = x")])
+    # papermill's tests/notebooks/broken1.ipynb with a parameters cell, saved from a conda env
+    # (its kernelspec is not installed here): error-marker cells papermill drops before it runs.
+    marker = '<span style="color:red">An Exception was encountered at cell 3.</span>'
+    write(
+        "broken_markers",
+        [
+            ("md,papermill-error-cell-tag", marker),
+            ("md", "A markdown cell that makes the execution counts different to indices."),
+            ("md,papermill-error-cell-tag", '<span id="papermill-error-cell">Execution using papermill failed</span>'),
+            "from typing import Literal",
+            ("parameters", "mode: Literal['ok', 'assert', 'magic'] = 'assert'"),
+            ("md", "Another markdown cell"),
+            "if mode == 'magic':\n    %no_such_magic\nassert mode == 'ok'",
+            "print('done')",
+        ],
+        kernelspec={
+            "name": "conda-env-recommenders-py",
+            "display_name": "Python [conda env:recommenders]",
+            "language": "python",
+        },
+        kind="training",
+    )
     write("no_outputs", [("parameters", "x: int = 1"), "y = x"])
     write(
         "setup_fails",
@@ -104,15 +147,17 @@ def main() -> None:
     write(
         "training",
         [
-            "import os, json, time\nfrom pathlib import Path\nfrom typing import Literal\n"
+            "import os, json, shutil, time\nfrom pathlib import Path\nfrom typing import Literal\n"
             "ARTIFACTS_AT_START = os.environ.get('NB2SVC_ARTIFACTS', '')",
             (
                 "parameters",
                 "steps: int = 3  # how many steps\nfail: bool = False\nsleep: float = 0.0\n"
-                "message: str = 'hello'\nloss_kind: Literal['ok', 'nan', 'object'] = 'ok'",
+                "message: str = 'hello'\nloss_kind: Literal['ok', 'nan', 'object'] = 'ok'\n"
+                "remove_run: bool = False  # the cell deletes the run's own folder",
             ),
             "out = Path(os.environ.get('NB2SVC_ARTIFACTS', 'artifacts'))\nout.mkdir(parents=True, exist_ok=True)\n"
-            "time.sleep(sleep)\nif fail:\n    raise RuntimeError('asked to fail')\n"
+            "time.sleep(sleep)\nif remove_run:\n    shutil.rmtree(os.environ['NB2SVC_ARTIFACTS'] + '/..')\n"
+            "if fail:\n    raise RuntimeError('asked to fail')\n"
             "(out / 'model.json').write_text(json.dumps({'steps': steps, 'message': message}))",
             "loss = {'ok': 1.0 / steps, 'nan': float('nan'), 'object': object()}[loss_kind]",
             (
