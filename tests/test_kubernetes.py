@@ -8,6 +8,7 @@ several Kubernetes versions that kubernetes-validate bundles, compared byte for 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -419,8 +420,10 @@ def _run_as_the_pod_spec_says(client: Any, image: str, docs: Mapping[str, dict[s
     user = f"{pod['securityContext']['runAsUser']}:{pod['securityContext']['runAsGroup']}"
     fs_group = pod["securityContext"]["fsGroup"]
     assert c["securityContext"]["readOnlyRootFilesystem"] and c["securityContext"]["capabilities"]["drop"] == ["ALL"]
-    # emptyDir and a fresh claim: empty folders the pod's fsGroup may write
-    tmpfs = {m["mountPath"]: f"gid={fs_group},mode=1777" for m in c["volumeMounts"]}
+    # emptyDir (0777) and a fresh claim (fsGroup's): empty folders the pod's user may write. Docker's tmpfs
+    # keeps the image folder's mode, so they are given to the user instead.
+    uid = pod["securityContext"]["runAsUser"]
+    tmpfs = {m["mountPath"]: f"uid={uid},gid={fs_group}" for m in c["volumeMounts"]}
     port = free_port()
     started = client.containers.run(
         image,
@@ -464,24 +467,34 @@ def test_the_images_work_on_the_read_only_root_the_manifests_ask_for(
 
     from .conftest import BASE
 
-    for notebook in (SAMPLES / "iris_nearest.ipynb", SAMPLES / "fit_line.ipynb"):
-        spec = inspect_notebook(notebook)
-        options = BuildOptions(backend=backend, base=BASE)  # type: ignore[arg-type]
-        context = render(spec, tmp_path / spec.name, options)
-        ref = f"nb2svc-test/k8s-{spec.name.replace('_', '-')}-{backend}:1"
-        build(context, ref, client=client)
-        labels = client.images.get(ref).labels
-        docs = manifests(write_manifests(ImageInfo.from_labels(ref, labels), "svc", tmp_path / f"k8s-{spec.name}"))
-        started, url = _run_as_the_pod_spec_says(client, ref, docs)
-        containers.append(started.id)
-        _healthy(url, started)
-        if spec.kind == "serving":
-            r = httpx.post(f"{url}/invoke", json={"features": [6.7, 3.0, 5.2, 2.3]}, timeout=60)
-            assert r.status_code == 200 and r.json()["label"] == "virginica", r.text
-        else:
-            r = httpx.post(f"{url}/runs", params={"wait": 90}, json={"epochs": 20}, timeout=120)
-            assert r.status_code == 200 and r.json()["status"] == "succeeded", r.text
-            art = httpx.get(f"{url}/runs/{r.json()['id']}/artifacts/model.json", timeout=30)
-            assert art.status_code == 200, art.text
-        assert started.exec_run("id -u").output.strip() == b"10001"
-        assert started.exec_run("touch /srv/nb2svc/probe").exit_code != 0  # the root really is read-only
+    refs: list[str] = []
+    try:
+        for notebook in (SAMPLES / "iris_nearest.ipynb", SAMPLES / "fit_line.ipynb"):
+            spec = inspect_notebook(notebook)
+            options = BuildOptions(backend=backend, base=BASE)  # type: ignore[arg-type]
+            context = render(spec, tmp_path / spec.name, options)
+            ref = f"nb2svc-test/k8s-{spec.name.replace('_', '-')}-{backend}:1"
+            build(context, ref, client=client)
+            refs.append(ref)
+            labels = client.images.get(ref).labels
+            docs = manifests(write_manifests(ImageInfo.from_labels(ref, labels), "svc", tmp_path / f"k8s-{spec.name}"))
+            started, url = _run_as_the_pod_spec_says(client, ref, docs)
+            containers.append(started.id)
+            _healthy(url, started)
+            if spec.kind == "serving":
+                r = httpx.post(f"{url}/invoke", json={"features": [6.7, 3.0, 5.2, 2.3]}, timeout=60)
+                assert r.status_code == 200 and r.json()["label"] == "virginica", r.text
+            else:
+                r = httpx.post(f"{url}/runs", params={"wait": 90}, json={"epochs": 20}, timeout=120)
+                assert r.status_code == 200 and r.json()["status"] == "succeeded", r.text
+                art = httpx.get(f"{url}/runs/{r.json()['id']}/artifacts/model.json", timeout=30)
+                assert art.status_code == 200, art.text
+            assert started.exec_run("id -u").output.strip() == b"10001"
+            assert started.exec_run("touch /srv/nb2svc/probe").exit_code != 0  # the root really is read-only
+    finally:
+        for cid in containers:  # before their images (the fixture's own cleanup then finds them gone)
+            with contextlib.suppress(Exception):
+                client.containers.get(cid).remove(force=True)
+        for ref in refs:
+            with contextlib.suppress(Exception):  # only this test's tags; shared layers stay
+                client.images.remove(ref)
