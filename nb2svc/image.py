@@ -43,6 +43,7 @@ RUNTIME_REQUIREMENTS = (
     "starlette>=0.37",
     "uvicorn>=0.29",
     "prometheus-client>=0.20",
+    "msgspec>=0.18",
 )
 
 # pip settings that mean the same inside a container; find-links, constraints and file:// indexes name host

@@ -152,13 +152,13 @@ async def _index(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 def main() -> None:
     """Serve :func:`handle` on ``$PORT`` (8080), or on ``upstream_url``'s port behind the of-watchdog."""
-    import uvicorn
+    from ..runtime import server
 
     upstream = os.environ.get("upstream_url", "")
     behind_watchdog = os.environ.get("NB2SVC_WATCHDOG") == "1" and upstream
     port = int(upstream.rsplit(":", 1)[1]) if behind_watchdog else int(os.environ.get("PORT", "8080"))
     host = "127.0.0.1" if behind_watchdog else os.environ.get("NB2SVC_HOST", "0.0.0.0")  # noqa: S104  # a container's port
-    uvicorn.run(_index, host=host, port=port, log_level="warning", access_log=False, lifespan="on")
+    server.run(_index, server.bind(host, port), env=os.environ)
 
 
 if __name__ == "__main__":

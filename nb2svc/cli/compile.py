@@ -69,8 +69,12 @@ def serve(notebook: str, kind: str | None, host: str, port: int) -> None:
     from ..runtime import serve as run_service  # the runtime is only imported where it is needed
 
     spec = inspect_notebook(notebook, kind)
-    click.echo(f"serving {spec.name} ({spec.kind}) on http://{host}:{port}", err=True)
-    run_service(spec, host=host, port=port)
+    run_service(
+        spec,
+        host=host,
+        port=port,
+        announce=lambda url: click.echo(f"serving {spec.name} ({spec.kind}) on {url}", err=True),
+    )
 
 
 @main.command()

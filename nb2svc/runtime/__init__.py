@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,15 +34,21 @@ def serve(
     port: int = 8080,
     kind: str | None = None,
     env: Mapping[str, str] | None = None,
+    announce: Callable[[str], None] | None = None,
 ) -> None:
-    """Serve a notebook (or its compiled spec) until interrupted; settings from ``env`` (``NB2SVC_*``)."""
-    import uvicorn
+    """Serve a notebook (or its compiled spec) until interrupted; settings from ``env`` (``NB2SVC_*``).
 
+    The port is bound before ``announce`` is called with the URL, so a port in use fails first.
+    """
     from ..spec import ServiceSpec, inspect_notebook
+    from . import server
     from .app import create_app
 
+    env = os.environ if env is None else env
     spec = notebook if isinstance(notebook, ServiceSpec) else inspect_notebook(notebook, kind)
-    app = create_app(spec, os.environ if env is None else env)
+    app = create_app(spec, env)
+    sock = server.bind(host, port)
+    url = f"http://{host}:{sock.getsockname()[1]}"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("papermill").setLevel(logging.WARNING)  # it logs every run's paths at INFO
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on")
+    server.run(app, sock, env=env, announce=(lambda: announce(url)) if announce else None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,12 +15,14 @@ from ..spec import ServiceSpec
 class Config:
     workers: int = 1  # serving: processes that each hold the notebook's state; 0: this process (no isolation)
     max_body: int = 10 * 1024 * 1024  # bytes; larger bodies get a 413
+    max_output: int = 256 * 1024 * 1024  # bytes of a serving answer's JSON; larger is a 500 output_error
     timeout: float = 60.0  # seconds per request (serving) or per run (training)
     max_runs: int = 1  # training: runs at once; the rest queue
     max_queue: int = 100  # training: queued runs before POST /runs answers 503
     warm_kernels: int = 1  # training: kernels started ahead of runs
     runs_dir: Path = Path(".nb2svc/runs")
     debug: bool = False  # tracebacks in 500 bodies
+    instance: str = "localhost"  # X-Nb2svc-Instance: NB2SVC_INSTANCE, else the host name (a container's id)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], spec: ServiceSpec) -> Config:
@@ -45,10 +48,12 @@ class Config:
         return cls(
             workers=int(num("NB2SVC_WORKERS", 1)),
             max_body=int(num("NB2SVC_MAX_BODY", cls.max_body)),
+            max_output=max(1024, int(num("NB2SVC_MAX_OUTPUT", cls.max_output))),
             timeout=timeout,
             max_runs=max(1, max_runs),
             max_queue=int(num("NB2SVC_MAX_QUEUE", cls.max_queue)),
             warm_kernels=int(num("NB2SVC_WARM_KERNELS", max(1, max_runs) + 1)),
             runs_dir=Path(env.get("NB2SVC_RUNS_DIR") or Path(".nb2svc/runs") / spec.name),
             debug=env.get("NB2SVC_DEBUG", "").lower() in {"1", "true", "yes", "on"},
+            instance=env.get("NB2SVC_INSTANCE") or socket.gethostname(),
         )

@@ -8,10 +8,12 @@ execution, outputs, errors and metrics live here once.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
 import time
+from dataclasses import replace
 from typing import Any, Protocol
 
 from ..openapi import openapi_document
@@ -24,18 +26,23 @@ from .metrics import CONTENT_TYPE, Metrics
 from .runs_api import TrainingAPI
 from .serving import ServingExecutor
 from .training import TrainingExecutor
-from .validation import Validator, parse_json_body
+from .validation import Validator
 
 __all__ = ["Core", "Handler", "Reply", "Request", "Serving", "too_large"]
 
 log = logging.getLogger("nb2svc.core")
+INSTANCE_HEADER = "X-Nb2svc-Instance"
+_PARSE_INLINE = 64 * 1024  # bytes: a larger body is parsed and validated off the event loop
+_TAKES_PARAMETERS = frozenset({("POST", "/invoke"), ("POST", "/runs")})
 
 
 class Serving(Protocol):
     """What runs a serving notebook: worker processes (ServingExecutor) or this process (InProcessExecutor)."""
 
-    state: str
-    setup_error: dict[str, Any] | None
+    @property
+    def state(self) -> str: ...
+    @property
+    def setup_error(self) -> dict[str, Any] | None: ...
 
     async def start(self) -> None: ...
     async def close(self) -> None: ...
@@ -80,6 +87,9 @@ class Core:
         template = "unmatched"
         try:
             template, handler, params = self._route(request)
+            if len(request.body) > _PARSE_INLINE and (request.method, template) in _TAKES_PARAMETERS:
+                # A large body is read and checked in a thread: other requests (and /health) go on meanwhile.
+                request = replace(request, values=await asyncio.to_thread(self.parameters, request))
             reply = await handler(request, params)
         except HTTPError as e:
             reply = self._error(e)
@@ -89,6 +99,7 @@ class Core:
             body = {"error": "internal_error", "message": "nb2svc failed unexpectedly; see the service log"}
             reply = Reply.json(body, 500)
         self.metrics.observe(template, request.method, reply.status, time.perf_counter() - started)
+        reply.headers[INSTANCE_HEADER] = self.config.instance
         return reply
 
     def refuse(self, request: Request, error: HTTPError) -> Reply:
@@ -98,35 +109,49 @@ class Core:
         except HTTPError:
             template = "unmatched"
         self.metrics.observe(template, request.method, error.status, 0.0)
-        return self._error(error)
+        reply = self._error(error)
+        reply.headers[INSTANCE_HEADER] = self.config.instance
+        return reply
 
     def _error(self, e: HTTPError) -> Reply:
         self.metrics.errors.labels(e.body["error"]).inc()
-        return Reply.json(e.body, e.status)
+        return Reply.json(e.body, e.status, dict(e.headers))
 
     def _route(self, request: Request) -> tuple[str, Handler, dict[str, str]]:
-        allowed = False
-        for method, template, pattern, handler in self._routes:
-            m = pattern.fullmatch(request.path)
-            if m:
-                if method == request.method:
-                    return template, handler, m.groupdict()
-                allowed = True
+        allowed: list[str] = []
+        if "\x00" not in request.path:  # %00: no route, file or run has a NUL in its name
+            for method, template, pattern, handler in self._routes:
+                m = pattern.fullmatch(request.path)
+                if m:
+                    if method == request.method:
+                        return template, handler, m.groupdict()
+                    allowed.append(method)
+        where = request.path.replace("\x00", "%00")
         if allowed:
-            raise HTTPError(405, "method_not_allowed", f"no route {request.method} {request.path}")
-        raise HTTPError(404, "not_found", f"no route {request.method} {request.path}")
+            raise HTTPError(
+                405,
+                "method_not_allowed",
+                f"{request.method} is not allowed on {where}; use {' or '.join(allowed)}",
+                headers={"Allow": ", ".join(allowed)},
+            )
+        raise HTTPError(404, "not_found", f"no route {request.method} {where}")
 
     def parameters(self, request: Request) -> dict[str, Any]:
         """The request's parameters, validated and typed; a 400, 413 or 422 otherwise."""
+        if request.values is not None:
+            return request.values
         if len(request.body) > self.config.max_body:
             raise too_large(self.config.max_body)
-        return self.validate(parse_json_body(request.body))
+        return self.validate.parse(request.body)
 
     async def health(self, request: Request, params: dict[str, str]) -> Reply:
         state = self.executor.state
         body: dict[str, Any] = {"status": state, "kind": self.spec.kind, "notebook": self.spec.notebook.name}
         if self.executor.setup_error:
             body["error"] = self.executor.setup_error
+        workers = getattr(self.executor, "workers", None)
+        if callable(workers):
+            body["workers"] = workers()
         return Reply.json(body, 200 if state == "ok" else 503)
 
     async def openapi(self, request: Request, params: dict[str, str]) -> Reply:

@@ -25,9 +25,12 @@ def is_invalid_input(exc: BaseException) -> bool:
 class HTTPError(Exception):
     """An answer other than success: status, a machine code, a message, and optional fields."""
 
-    def __init__(self, status: int, error: str, message: str, **extra: Any) -> None:
+    def __init__(
+        self, status: int, error: str, message: str, *, headers: dict[str, str] | None = None, **extra: Any
+    ) -> None:
         super().__init__(message)
         self.status = status
+        self.headers = headers or {}
         self.body: dict[str, Any] = {"error": error, "message": message}
         self.body.update({k: v for k, v in extra.items() if v is not None})
 
@@ -43,7 +46,7 @@ def notebook_error(cell: int, ename: str, evalue: str, traceback: list[str] | No
     return HTTPError(
         500,
         "notebook_error",
-        f"cell {cell} raised {ename}: {evalue}",
+        f"cell {cell} raised {ename}: {evalue}" if evalue else f"cell {cell} raised {ename}",
         cell=cell,
         ename=ename,
         evalue=evalue,

@@ -18,6 +18,7 @@ class Request:
     body: bytes = b""
     query: Mapping[str, str] = field(default_factory=dict)
     headers: Mapping[str, str] = field(default_factory=dict)
+    values: dict[str, Any] | None = None  # the parameters, when the core already read them off the event loop
 
 
 @dataclass
@@ -30,7 +31,8 @@ class Reply:
 
     @classmethod
     def json(cls, value: Any, status: int = 200, headers: dict[str, str] | None = None) -> Reply:
-        return cls(status, json.dumps(value, separators=(",", ":")).encode(), headers=headers or {})
+        # Strict JSON: a NaN or Infinity never reaches a client (JSON.parse would refuse the whole body).
+        return cls(status, json.dumps(value, separators=(",", ":"), allow_nan=False).encode(), headers=headers or {})
 
 
 Handler = Callable[[Request, dict[str, str]], Awaitable[Reply]]

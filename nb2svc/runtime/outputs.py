@@ -11,14 +11,24 @@ OUTPUTS_MIME = "application/vnd.nb2svc.outputs+json"
 SCRAPBOOK_MIME = "application/scrapbook.scrap.json+json"
 
 
+_INT_BITS = 14_000  # about 4,200 decimal digits: below, str() of an int always works
+
+
 class NotJSONError(TypeError):
     """A value with no JSON form."""
 
 
 def to_jsonable(value: Any) -> Any:
     """The JSON form of a notebook value: numpy scalars and arrays included, NaN refused."""
-    if value is None or isinstance(value, bool | int | str):
+    if value is None or isinstance(value, bool | str):
         return value
+    if isinstance(value, int):
+        if value.bit_length() > _INT_BITS:
+            try:
+                str(value)
+            except ValueError:  # over sys.get_int_max_str_digits(): no JSON number can be written for it
+                raise NotJSONError("an integer of over 4300 digits has no JSON form here; return it as a str") from None
+        return int(value)
     if isinstance(value, float):
         if not math.isfinite(value):
             raise NotJSONError(f"{value} has no JSON form")

@@ -6,9 +6,12 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 from typing import Any
+
+import msgspec
 
 from ..notebook import Cell, strip_pip_lines
 from ..spec import ServiceSpec
@@ -19,6 +22,8 @@ from .validation import OutputChecker
 log = logging.getLogger("nb2svc.serving")
 _LINE_LIMIT = 256 * 1024 * 1024  # one protocol message: a request or response body, JSON-encoded
 _INTERRUPT_GRACE = 2.0
+_RETRY_FIRST = 1.0  # seconds before a failed setup is tried again; doubles each time
+_RETRY_MAX = 60.0
 
 
 class WorkerDied(Exception):
@@ -37,14 +42,19 @@ def plan(spec: ServiceSpec) -> dict[str, Any]:
     }
 
 
+class OutputTooLarge(Exception):
+    pass
+
+
 class Worker:
     """One ``python -m nb2svc.runtime.worker`` process and its pipe."""
 
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, limit: int) -> None:
         self.proc = proc
+        self.limit = limit
 
     @classmethod
-    async def spawn(cls, cwd: str) -> Worker:
+    async def spawn(cls, cwd: str, limit: int = _LINE_LIMIT) -> Worker:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -52,20 +62,30 @@ class Worker:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             cwd=cwd,
-            limit=_LINE_LIMIT,
+            limit=limit,
+            # the worker ends with this process however it ends (see worker.die_with_parent)
+            env={**os.environ, "NB2SVC_PARENT_PID": str(os.getpid())},
         )
-        return cls(proc)
+        return cls(proc, limit)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.returncode is None
 
     async def send(self, msg: dict[str, Any]) -> None:
         if self.proc.stdin is None:
             raise WorkerDied("the notebook's process has no input pipe")
-        self.proc.stdin.write(json.dumps(msg).encode() + b"\n")
+        self.proc.stdin.write(msgspec.json.encode(msg) + b"\n")
         await self.proc.stdin.drain()
 
     async def receive(self) -> dict[str, Any]:
         if self.proc.stdout is None:
             raise WorkerDied("the notebook's process has no output pipe")
-        line = await self.proc.stdout.readline()
+        try:
+            line = await self.proc.stdout.readline()
+        except ValueError:  # over the stream's limit: the rest of the line is still in the pipe
+            self.kill_now()
+            raise OutputTooLarge(f"the outputs are larger than {self.limit} bytes (NB2SVC_MAX_OUTPUT)") from None
         if not line:
             code = await self.proc.wait()
             raise WorkerDied(f"the notebook's process exited with code {code}")
@@ -93,67 +113,110 @@ class Worker:
 
 
 class ServingExecutor:
-    """Runs setup in each worker at start, then hands each request to an idle worker."""
+    """Keeps ``workers`` processes set up, each watched by a task of its own, and hands each request to an idle one.
+
+    A worker that exits (a crash, a kill, a request that had to be stopped) is replaced at once, idle or
+    not; a setup that fails is retried with a growing delay (1 s, doubling up to a minute). The service
+    answers while any worker is ready; ``/health`` reports the rest.
+    """
 
     def __init__(self, spec: ServiceSpec, config: Config) -> None:
         self.spec = spec
         self.config = config
-        self.state = "starting"
-        self.setup_error: dict[str, Any] | None = None
         self._plan = plan(spec)
         self._idle: asyncio.Queue[Worker] = asyncio.Queue()
-        self._workers: set[Worker] = set()
+        self._ready: set[Worker] = set()
+        self._failing: dict[int, dict[str, Any]] = {}  # slot → its latest setup error, while it keeps failing
+        self._setup_failures = 0
         self._outputs = OutputChecker(spec)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+        self._ever_ready = False  # once it has served, a request waits for a replacement worker, not a 503
+
+    @property
+    def state(self) -> str:
+        if self._ready:
+            return "ok"
+        return "failed" if self._failing else "starting"
+
+    @property
+    def setup_error(self) -> dict[str, Any] | None:
+        return next(iter(self._failing.values()), None)
+
+    def workers(self) -> dict[str, int]:
+        """What ``/health`` shows of the pool."""
+        return {"desired": self.config.workers, "ready": len(self._ready), "setup_failures": self._setup_failures}
 
     async def start(self) -> None:
         """Start the workers in the background; `state` turns "ok" when the first is ready."""
-        for _ in range(self.config.workers):
-            self._background(self._add_worker())
+        self._tasks = [asyncio.ensure_future(self._keep(slot)) for slot in range(self.config.workers)]
 
-    def _background(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _add_worker(self) -> None:
-        worker = await Worker.spawn(str(self.spec.notebook.parent))
-        self._workers.add(worker)
-        try:
-            reply = await worker.call({"op": "setup", "plan": self._plan})
-        except WorkerDied as e:
-            reply = {"ok": False, "error": {"cell": 0, "ename": "WorkerDied", "evalue": str(e), "traceback": []}}
-        if not reply["ok"]:
-            self.setup_error = setup_failure(reply, self.config)
-            self.state = "failed"
-            self._workers.discard(worker)
-            await worker.kill()
-            return
-        self.state = "ok"
-        self._idle.put_nowait(worker)
+    async def _keep(self, slot: int) -> None:
+        delay = _RETRY_FIRST
+        while not self._closing:
+            worker = await Worker.spawn(str(self.spec.notebook.parent), self.config.max_output)
+            try:
+                reply = await worker.call({"op": "setup", "plan": self._plan})
+            except (WorkerDied, OutputTooLarge) as e:
+                reply = {"ok": False, "error": {"cell": 0, "ename": "WorkerDied", "evalue": str(e), "traceback": []}}
+            except asyncio.CancelledError:
+                await worker.kill()
+                raise
+            if not reply["ok"]:
+                await worker.kill()
+                self._setup_failures += 1
+                error = setup_failure(reply, self.config)
+                error["retry_in_s"] = delay
+                self._failing[slot] = error
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX)
+                continue
+            delay = _RETRY_FIRST
+            self._failing.pop(slot, None)
+            self._ever_ready = True
+            self._ready.add(worker)
+            self._idle.put_nowait(worker)
+            try:
+                code = await worker.proc.wait()
+            finally:
+                self._ready.discard(worker)
+            if not self._closing:
+                log.warning("a worker of %s exited (code %s); starting another", self.spec.notebook.name, code)
 
     async def close(self) -> None:
-        for task in list(self._tasks):
+        self._closing = True
+        for task in self._tasks:
             task.cancel()
-        for worker in list(self._workers):
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for worker in list(self._ready):
             await worker.kill()
-        self._workers.clear()
+        self._ready.clear()
+
+    async def _take(self) -> Worker:
+        while True:
+            try:
+                worker = self._idle.get_nowait()  # the common case: no timer, no task
+            except asyncio.QueueEmpty:
+                if self.state == "failed" or not self._ever_ready:  # at start /health says 503 too
+                    raise self._not_ready() from None
+                try:
+                    worker = await asyncio.wait_for(self._idle.get(), self.config.timeout)
+                except TimeoutError:
+                    raise HTTPError(503, "busy", f"no worker was free within {self.config.timeout:g} s") from None
+            if worker.alive:
+                return worker
+            # died while idle: its keeper is already starting another; try the next
+
+    def _not_ready(self) -> HTTPError:
+        return HTTPError(
+            503,
+            "not_ready",
+            "the service is starting" if self.state == "starting" else "the notebook's setup failed",
+            **({"cause": self.setup_error} if self.setup_error else {}),
+        )
 
     async def invoke(self, values: dict[str, Any]) -> dict[str, Any]:
-        if self.state != "ok":
-            raise HTTPError(
-                503,
-                "not_ready",
-                "the service is starting" if self.state == "starting" else "the notebook's setup failed",
-                **({"cause": self.setup_error} if self.setup_error else {}),
-            )
-        try:
-            worker = self._idle.get_nowait()  # the common case: no timer, no task
-        except asyncio.QueueEmpty:
-            try:
-                worker = await asyncio.wait_for(self._idle.get(), self.config.timeout)
-            except TimeoutError:
-                raise HTTPError(503, "busy", f"no worker was free within {self.config.timeout:g} s") from None
+        worker = await self._take()
         healthy = False
         try:
             reply = await self._call_with_timeout(worker, values)
@@ -162,9 +225,7 @@ class ServingExecutor:
             if healthy:
                 self._idle.put_nowait(worker)
             else:
-                self._workers.discard(worker)
-                await worker.kill()
-                self._background(self._add_worker())
+                await worker.kill()  # its keeper starts another
         return self._answer(reply)
 
     async def _call_with_timeout(self, worker: Worker, values: dict[str, Any]) -> dict[str, Any]:
@@ -183,6 +244,8 @@ class ServingExecutor:
         ]
         try:
             return await worker.call({"op": "invoke", "values": values})
+        except OutputTooLarge as e:
+            raise HTTPError(500, "output_error", str(e)) from None
         except WorkerDied as e:
             if timed_out:  # stuck where SIGINT could not reach it, so killed
                 raise self._timeout() from None

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
+import time
 import traceback
 from collections.abc import Callable
 from types import CodeType, TracebackType
@@ -24,6 +27,7 @@ from .errors import is_invalid_input
 from .outputs import NotJSONError, to_jsonable
 
 Message = dict[str, Any]
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def _error(cell: int, exc: BaseException) -> Message:
@@ -125,7 +129,35 @@ def serve(read: IO[bytes], write: Callable[[Message], None]) -> None:
                 write({"ok": False, "timeout": True, "error": _error(0, e)})
 
 
+def die_with_parent() -> None:
+    """End this process when the server that started it ends, however it ends (``kill -9`` included).
+
+    Linux: the kernel sends SIGKILL when the parent goes (prctl PR_SET_PDEATHSIG); elsewhere a thread
+    watches for the parent's pid to change. A busy cell never keeps a core after its server is gone.
+    """
+    parent = int(os.environ.get("NB2SVC_PARENT_PID") or 0)
+    armed = False
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            armed = ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) == 0
+        except (OSError, AttributeError):
+            armed = False
+    if parent and os.getppid() != parent:  # the server was already gone before the signal was armed
+        os._exit(1)
+    if not armed and parent:
+
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(1)
+            os._exit(1)
+
+        threading.Thread(target=watch, name="nb2svc-parent-watch", daemon=True).start()
+
+
 def main() -> None:
+    die_with_parent()
     proto_in = os.fdopen(os.dup(0), "rb")
     proto_out = os.fdopen(os.dup(1), "wb")
     devnull = os.open(os.devnull, os.O_RDONLY)
@@ -134,7 +166,11 @@ def main() -> None:
     sys.stdout = os.fdopen(1, "w", buffering=1)
 
     def write(msg: Message) -> None:
-        proto_out.write(json.dumps(msg, allow_nan=False).encode() + b"\n")
+        try:
+            line = json.dumps(msg, allow_nan=False).encode()
+        except (ValueError, TypeError) as e:  # outputs are checked already; this keeps the protocol whole
+            line = json.dumps({"ok": False, "output_error": f"the outputs could not be written as JSON: {e}"}).encode()
+        proto_out.write(line + b"\n")
         proto_out.flush()
 
     try:
