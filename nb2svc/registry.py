@@ -1,4 +1,5 @@
-"""The few Registry HTTP API v2 calls publishing needs: is a tag there, re-tag a manifest, list tags.
+"""The few Registry HTTP API v2 calls nb2svc needs: is a tag there, re-tag a manifest, list tags (publishing);
+read a manifest, a blob and the catalog of repositories (``nb2svc models``, deploy/catalog.py).
 
 A re-tag copies the manifest under a new tag (GET then PUT): the layers are already in the repository, so
 nothing is pulled or pushed. Registries on 127.0.0.1 or localhost are spoken to over http, others over https.
@@ -13,6 +14,7 @@ that says to log in.
 from __future__ import annotations
 
 import base64
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +35,21 @@ _LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
 
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
+_NEXT_LINK = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
+CATALOG_PAGE = 1000  # repositories asked for per /v2/_catalog page (the registry may send fewer)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A manifest as the registry sent it: an image manifest, or an index (manifest list) of them."""
+
+    media_type: str
+    digest: str  # Docker-Content-Digest: what ``name@digest`` pulls
+    content: dict[str, Any]
+
+    @property
+    def is_index(self) -> bool:
+        return "manifests" in self.content and "config" not in self.content
 
 
 def credentials(host: str) -> tuple[str, str] | None:
@@ -86,6 +103,52 @@ class Registry:
             return []
         self._check(response, name)
         return sorted(response.json().get("tags") or [])
+
+    def manifest(self, name: str, reference: str) -> Manifest | None:
+        """``name``'s manifest for a tag or digest; None when the registry has no such repository or tag."""
+        response = self._request("GET", f"{name}/manifests/{reference}", headers=_ACCEPT)
+        what = f"{name}@{reference}" if reference.startswith("sha256:") else f"{name}:{reference}"
+        if response.status_code == 404:
+            return None
+        self._check(response, what)
+        content = self._json(response, what)
+        media_type = content.get("mediaType") or response.headers.get("Content-Type", "").split(";")[0]
+        return Manifest(str(media_type), str(response.headers.get("Docker-Content-Digest", "")), content)
+
+    def blob(self, name: str, digest: str) -> bytes:
+        """A blob of ``name`` (an image config, a layer), following the registry's redirect to its storage."""
+        response = self._request("GET", f"{name}/blobs/{digest}", follow_redirects=True)
+        self._check(response, f"{name}@{digest}")
+        return response.content
+
+    def catalog(self) -> list[str]:
+        """Every repository the registry lists (``/v2/_catalog``), page by page as its ``Link`` header says."""
+        names: list[str] = []
+        path = f"_catalog?n={CATALOG_PAGE}"
+        while path:
+            response = self._request("GET", path)
+            self._check(response, "the catalog of repositories")
+            names += self._json(response, "the catalog").get("repositories") or []
+            path = self._next_page(response.headers.get("Link", ""))
+        return sorted(set(names))
+
+    def _next_page(self, link: str) -> str:
+        """The path under /v2/ of the page a ``Link: </v2/_catalog?last=x&n=100>; rel="next"`` names."""
+        found = _NEXT_LINK.search(link)
+        if not found:
+            return ""
+        url = httpx.URL(self.base_url + "/").join(found.group(1))  # relative, as the spec has it, or absolute
+        path = url.raw_path.decode()
+        return path.removeprefix("/v2/")
+
+    def _json(self, response: httpx.Response, what: str) -> dict[str, Any]:
+        try:
+            body = json.loads(response.content)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise RegistryError(f"registry {self.host} sent something that is not a JSON object for {what}")
+        return body
 
     def _request(self, method: str, path: str, headers: dict[str, str] | None = None, **kw: Any) -> httpx.Response:
         url = f"{self.base_url}/{path}"

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,45 @@ def containers(client: Any) -> Iterator[list[str]]:
             client.containers.get(cid).remove(force=True)
         except Exception:  # noqa: S110  # already gone
             pass
+
+
+@pytest.fixture
+def locked_registry(tmp_path: Path) -> Iterator[str]:
+    """A second real registry (Debian's docker-registry) on 127.0.0.1 with htpasswd (Basic) auth:
+    user ``robot``, password ``s3cret``."""
+    with warnings.catch_warnings():  # the stdlib's bcrypt (via libcrypt), deprecated but in 3.11
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt
+
+    port = free_port()
+    bcrypt = crypt.crypt("s3cret", crypt.mksalt(crypt.METHOD_BLOWFISH))  # noqa: S324  # bcrypt, as htpasswd -B
+    (tmp_path / "htpasswd").write_text(f"robot:{bcrypt}\n")
+    (tmp_path / "registry.yml").write_text(
+        "version: 0.1\n"
+        f"storage: {{filesystem: {{rootdirectory: {tmp_path / 'data'}}}}}\n"
+        f"http: {{addr: '127.0.0.1:{port}'}}\n"
+        f"auth: {{htpasswd: {{realm: nb2svc-test, path: {tmp_path / 'htpasswd'}}}}}\n"
+        "log: {level: warn}\n"
+    )
+    proc = subprocess.Popen(
+        ["docker-registry", "serve", str(tmp_path / "registry.yml")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(100):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v2/", timeout=2).status_code == 401:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the registry with a login never answered")
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 def reads_the_body_as_json_whatever_its_content_type(svc: Service) -> None:

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 import uuid
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from nb2svc.hooks import BACKUP_SUFFIX, HookError, install, uninstall
 from nb2svc.project import ProjectError, load_project, parse_project
 from nb2svc.publish import plan, publish
 
-from .conftest import BASE, NOTEBOOKS, ROOT, free_port
+from .conftest import BASE, NOTEBOOKS, ROOT
 
 REGISTRY = "127.0.0.1:5000"
 IRIS = ROOT / "sample_notebooks" / "iris_nearest.ipynb"
@@ -318,45 +317,7 @@ def test_hooks_install_refuse_to_overwrite_and_uninstall(tmp_path: Path) -> None
     assert not server_hook.exists()
 
 
-# --- a registry that asks for a login ----------------------------------------------------------------------
-
-
-@pytest.fixture
-def locked_registry(tmp_path: Path) -> Any:
-    """A second real registry (Debian's docker-registry) on 127.0.0.1 with htpasswd (Basic) auth."""
-    with warnings.catch_warnings():  # the stdlib's bcrypt (via libcrypt), deprecated but in 3.11
-        warnings.simplefilter("ignore", DeprecationWarning)
-        import crypt
-
-    port = free_port()
-    bcrypt = crypt.crypt("s3cret", crypt.mksalt(crypt.METHOD_BLOWFISH))  # noqa: S324  # bcrypt, as htpasswd -B
-    (tmp_path / "htpasswd").write_text(f"robot:{bcrypt}\n")
-    (tmp_path / "registry.yml").write_text(
-        "version: 0.1\n"
-        f"storage: {{filesystem: {{rootdirectory: {tmp_path / 'data'}}}}}\n"
-        f"http: {{addr: '127.0.0.1:{port}'}}\n"
-        f"auth: {{htpasswd: {{realm: nb2svc-test, path: {tmp_path / 'htpasswd'}}}}}\n"
-        "log: {level: warn}\n"
-    )
-    proc = subprocess.Popen(
-        ["docker-registry", "serve", str(tmp_path / "registry.yml")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        for _ in range(100):
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/v2/", timeout=2).status_code == 401:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        else:
-            raise AssertionError("the registry with a login never answered")
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+# --- a registry that asks for a login (conftest's locked_registry) --------------------------------------------
 
 
 @pytest.mark.docker
