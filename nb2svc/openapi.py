@@ -10,6 +10,9 @@ from .types import JSON
 
 _REF = "#/components/schemas/"
 RUN_STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"]
+MAX_WAIT_S = 24 * 3600  # POST /runs?wait= at most a day
+PAGE = 50  # GET /runs: runs a page by default
+MAX_PAGE = 1000
 
 ERROR_SCHEMA: dict[str, JSON] = {
     "type": "object",
@@ -37,6 +40,14 @@ ERROR_SCHEMA: dict[str, JSON] = {
         "evalue": {"type": "string"},
         "traceback": {"type": "array", "items": {"type": "string"}},
         "cause": {"type": "object", "description": "for a 503 after a failed setup: the setup's own error"},
+        "error_count": {
+            "type": "integer",
+            "description": "a 422: how many errors were found; `detail` lists the first 20",
+        },
+        "error_count_exact": {
+            "type": "boolean",
+            "description": "false when counting stopped (past 1,000 errors): error_count is then a lower bound",
+        },
     },
 }
 
@@ -47,8 +58,25 @@ HEALTH_SCHEMA: dict[str, JSON] = {
         "status": {"type": "string", "enum": ["ok", "starting", "failed"]},
         "kind": {"type": "string", "enum": ["serving", "training"]},
         "notebook": {"type": "string"},
-        "error": {"type": ["object", "null"]},
+        "error": {
+            "type": ["object", "null"],
+            "description": "the latest failed setup, while one keeps failing (retried after retry_in_s)",
+        },
+        "workers": {
+            "type": "object",
+            "description": "serving: worker processes wanted, set up and ready, and setups failed so far",
+            "properties": {
+                "desired": {"type": "integer"},
+                "ready": {"type": "integer"},
+                "setup_failures": {"type": "integer"},
+            },
+        },
     },
+}
+
+INSTANCE_HEADER: dict[str, JSON] = {
+    "description": "the instance that answered: NB2SVC_INSTANCE, else its host name (a container's id)",
+    "schema": {"type": "string"},
 }
 
 
@@ -75,6 +103,10 @@ def _run_schema() -> dict[str, JSON]:
             "finished_at": {"type": ["string", "null"], "format": "date-time"},
             "duration_s": {"type": ["number", "null"]},
             "artifacts": {"type": "array", "items": {"type": "string"}},
+            "instance": {
+                "type": ["string", "null"],
+                "description": "the instance that executed it (NB2SVC_INSTANCE, else its host name); null until it ran",
+            },
             "links": {"type": "object", "additionalProperties": {"type": "string"}},
         },
     }
@@ -120,6 +152,7 @@ def _serving_paths(spec: ServiceSpec) -> dict[str, JSON]:
 def _training_paths(spec: ServiceSpec) -> dict[str, JSON]:
     run_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
     run = _json("the run", "Run")
+    not_started = _error("the run has not started (queued, or cancelled before it started): no notebook yet")
     return {
         "/runs": {
             "post": {
@@ -130,8 +163,8 @@ def _training_paths(spec: ServiceSpec) -> dict[str, JSON]:
                         "name": "wait",
                         "in": "query",
                         "required": False,
-                        "description": "seconds to wait for the run to finish before answering",
-                        "schema": {"type": "number", "minimum": 0},
+                        "description": "seconds to wait for the run to finish before answering (at most a day)",
+                        "schema": {"type": "number", "minimum": 0, "maximum": MAX_WAIT_S},
                     }
                 ],
                 "requestBody": _body(required=any(p.required for p in spec.parameters)),
@@ -143,12 +176,36 @@ def _training_paths(spec: ServiceSpec) -> dict[str, JSON]:
             },
             "get": {
                 "operationId": "list_runs",
-                "summary": "Runs, newest first",
+                "summary": "Runs, newest first, a page at a time",
+                "parameters": [
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "description": "runs in the page",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": PAGE},
+                    },
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "required": False,
+                        "description": "where the page starts: opaque, from the previous page's `Link` header",
+                        "schema": {"type": "string"},
+                    },
+                ],
                 "responses": {
                     "200": {
-                        "description": "the runs",
-                        "content": {"application/json": {"schema": {"type": "array", "items": {"$ref": _REF + "Run"}}}},
-                    }
+                        "description": "a page of runs, newest first",
+                        "headers": {
+                            "Link": {
+                                "description": 'the next page, `</runs?limit=...&cursor=...>; rel="next"`; '
+                                "absent on the last page",
+                                "schema": {"type": "string"},
+                            }
+                        },
+                        "content": {"application/json": {"schema": {"$ref": _REF + "RunList"}}},
+                    },
+                    **_common_errors(422),
                 },
             },
         },
@@ -159,16 +216,24 @@ def _training_paths(spec: ServiceSpec) -> dict[str, JSON]:
                 "responses": {"200": run, **_common_errors(404)},
             },
             "delete": {
+                "operationId": "delete_run",
+                "summary": "Cancel the run if it has not finished, then delete it and its files",
+                "parameters": [run_id],
+                "responses": {"200": _json("the run as it ended; it is gone now", "Run"), **_common_errors(404)},
+            },
+        },
+        "/runs/{id}/cancel": {
+            "post": {
                 "operationId": "cancel_run",
                 "summary": "Cancel a queued or running run",
                 "parameters": [run_id],
-                "responses": {"200": run, **_common_errors(404, 409)},
-            },
+                "responses": {"200": _json("the run, cancelled", "Run"), **_common_errors(404, 409)},
+            }
         },
         "/runs/{id}/notebook": {
             "get": {
                 "operationId": "get_run_notebook",
-                "summary": "The executed notebook (as far as it has run)",
+                "summary": "The executed notebook (as far as it has run); it re-runs anywhere",
                 "parameters": [run_id],
                 "responses": {
                     "200": {
@@ -176,6 +241,7 @@ def _training_paths(spec: ServiceSpec) -> dict[str, JSON]:
                         "content": {"application/x-ipynb+json": {"schema": {"type": "object"}}},
                     },
                     **_common_errors(404),
+                    "409": not_started,
                 },
             }
         },
@@ -232,6 +298,11 @@ def openapi_document(spec: ServiceSpec) -> dict[str, Any]:
     }
     if spec.kind == "training":
         schemas["Run"] = _run_schema()
+        schemas["RunList"] = {"type": "array", "items": {"$ref": _REF + "Run"}}
+    for operations in paths.values():
+        for operation in operations.values():
+            for response in operation["responses"].values():
+                response.setdefault("headers", {})["X-Nb2svc-Instance"] = {"$ref": "#/components/headers/Instance"}
     return {
         "openapi": "3.1.0",
         "info": {
@@ -241,5 +312,5 @@ def openapi_document(spec: ServiceSpec) -> dict[str, Any]:
         },
         "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
         "paths": paths,
-        "components": {"schemas": schemas},
+        "components": {"schemas": schemas, "headers": {"Instance": INSTANCE_HEADER}},
     }
