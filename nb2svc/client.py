@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -15,6 +16,10 @@ _TRUE = {"true", "1", "yes", "on"}
 # The notebook (the user's own input) raised or broke its declared outputs: exit 1, not 3.
 _NOTEBOOK_FAULTS = {"notebook_error", "output_error"}
 _FALSE = {"false", "0", "no", "off"}
+
+
+def _not_json(token: str) -> Any:
+    raise json.JSONDecodeError(f"{token} is not JSON", token, 0)
 
 
 def convert(name: str, raw: str, schema: Mapping[str, Any]) -> Any:
@@ -46,7 +51,10 @@ def convert(name: str, raw: str, schema: Mapping[str, Any]) -> Any:
         if t == "integer":
             return int(raw)
         if t == "number":
-            return float(raw)
+            number = float(raw)
+            if not math.isfinite(number):
+                raise CallError(f"parameter {name!r}: {raw!r} is not a finite number (JSON has no NaN or Infinity)")
+            return number
     except ValueError:
         raise CallError(
             f"parameter {name!r}: {raw!r} is not {'an integer' if t == 'integer' else 'a number'}"
@@ -58,7 +66,7 @@ def convert(name: str, raw: str, schema: Mapping[str, Any]) -> Any:
     if t == "string":
         return raw
     try:
-        return json.loads(raw)
+        return json.loads(raw, parse_constant=_not_json)
     except json.JSONDecodeError:
         items = schema.get("items", {})
         if t == "array" and items.get("type") in {"integer", "number", "string", "boolean"}:

@@ -100,6 +100,10 @@ def test_call_types_values_from_the_services_openapi(serve: Callable[..., Servic
     assert unknown.returncode == 1 and "unknown parameter 'color'" in unknown.stderr
     refused = nb2svc("call", svc.url, "--json", '{"features": "x"}')
     assert refused.returncode == 1 and "features: expected array" in refused.stderr
+    nan = nb2svc("call", svc.url, "-p", "lr=nan")
+    assert nan.returncode == 1 and "'nan' is not a finite number" in nan.stderr and "unexpected" not in nan.stderr
+    nan_json = nb2svc("call", svc.url, "--json", '{"lr": NaN}')
+    assert nan_json.returncode == 2 and "NaN is not JSON" in nan_json.stderr, nan_json.stderr
 
 
 @pytest.mark.slow
@@ -143,7 +147,15 @@ def test_convert(schema: dict[str, Any], raw: str, value: Any) -> None:
 
 @pytest.mark.parametrize(
     ("schema", "raw"),
-    [({"type": "integer"}, "1.5"), ({"type": "boolean"}, "maybe"), ({"enum": ["a"]}, "b"), ({"type": "object"}, "{")],
+    [
+        ({"type": "integer"}, "1.5"),
+        ({"type": "boolean"}, "maybe"),
+        ({"enum": ["a"]}, "b"),
+        ({"type": "object"}, "{"),
+        ({"type": "number"}, "nan"),
+        ({"type": "number"}, "-inf"),
+        ({"type": "object"}, '{"a": NaN}'),
+    ],
 )
 def test_convert_refuses(schema: dict[str, Any], raw: str) -> None:
     with pytest.raises(CallError, match="parameter 'p'"):

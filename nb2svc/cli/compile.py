@@ -77,6 +77,10 @@ def serve(notebook: str, kind: str | None, host: str, port: int) -> None:
     )
 
 
+def _not_json(token: str) -> Any:
+    raise json.JSONDecodeError(f"{token} is not JSON", token, 0)
+
+
 @main.command()
 @click.argument("url")
 @click.option("-p", "--param", "params", multiple=True, metavar="NAME=VALUE", help="A parameter, typed by the API.")
@@ -94,7 +98,7 @@ def call(url: str, params: tuple[str, ...], body: str | None, no_wait: bool, tim
     values: Any = None
     if body is not None:
         try:
-            values = json.loads(body)
+            values = json.loads(body, parse_constant=_not_json)
         except json.JSONDecodeError as e:
             raise click.BadParameter(f"not JSON: {e}", param_hint="--json") from None
         if not isinstance(values, dict):
