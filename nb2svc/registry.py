@@ -121,10 +121,10 @@ class Registry:
         self._check(response, f"{name}@{digest}")
         return response.content
 
-    def catalog(self) -> list[str]:
+    def catalog(self, page: int = CATALOG_PAGE) -> list[str]:
         """Every repository the registry lists (``/v2/_catalog``), page by page as its ``Link`` header says."""
         names: list[str] = []
-        path = f"_catalog?n={CATALOG_PAGE}"
+        path = f"_catalog?n={page}"
         while path:
             response = self._request("GET", path)
             self._check(response, "the catalog of repositories")

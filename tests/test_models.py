@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import httpx
 import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
@@ -63,6 +64,36 @@ class Pushed:
     prefix: str  # {REGISTRY}/nb2svc-models-…
     commit: str
     refs: list[str] = field(default_factory=list)  # every tag pushed, the foreign one included
+
+    @property
+    def index_repo(self) -> str:
+        """Beside the prefix, not under it: ``…-index/multi`` holds a manifest list (a multi-platform image)."""
+        return f"{self.prefix}-index/multi"
+
+
+def _put_index(repository: str, tag: str, platforms: dict[str, str]) -> str:
+    """A Docker manifest list at ``repository:tag``, one entry per ``architecture: tag`` (in that order)."""
+    host, _, name = repository.partition("/")
+    accept = {"Accept": "application/vnd.docker.distribution.manifest.v2+json"}
+    entries = []
+    for arch, of in platforms.items():
+        got = httpx.get(f"http://{host}/v2/{name}/manifests/{of}", headers=accept, timeout=30)
+        got.raise_for_status()
+        entries.append(
+            {
+                "mediaType": got.headers["Content-Type"],
+                "size": len(got.content),
+                "digest": got.headers["Docker-Content-Digest"],
+                "platform": {"architecture": arch, "os": "linux"},
+            }
+        )
+    media_type = "application/vnd.docker.distribution.manifest.list.v2+json"
+    body = {"schemaVersion": 2, "mediaType": media_type, "manifests": entries}
+    put = httpx.put(
+        f"http://{host}/v2/{name}/manifests/{tag}", json=body, headers={"Content-Type": media_type}, timeout=30
+    )
+    assert put.status_code == 201, put.text
+    return put.headers["Docker-Content-Digest"]
 
 
 def _write(repo: Path, name: str) -> Path:
@@ -112,6 +143,11 @@ def pushed(client: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pu
         client.images.get(OS_IMAGE).tag(f"{out.prefix}/debian", "bookworm")
         push(f"{out.prefix}/debian:bookworm", client=client)
         out.refs.append(f"{out.prefix}/debian:bookworm")
+        for name, tag in (("train", "arm64"), ("iris", "amd64")):  # the index's images, in its repository
+            client.images.get(f"{out.prefix}/{name}:v1").tag(out.index_repo, tag)
+            push(f"{out.index_repo}:{tag}", client=client)
+            out.refs.append(f"{out.index_repo}:{tag}")
+        _put_index(out.index_repo, "v1", {"arm64": "arm64", "amd64": "amd64"})
         for ref in out.refs:  # untag only what this fixture made (the Debian image keeps its own tag)
             client.images.remove(ref)
         yield out
@@ -221,6 +257,33 @@ def test_one_config_read_per_image_and_no_layer(pushed: Pushed) -> None:
     info = read_image(f"{pushed.prefix}/iris:v1")
     assert info.card == CARD
     assert info.digest == next(r.digest for r in rows if r.ref == f"{pushed.prefix}/iris:v1")
+
+
+def test_a_multi_platform_image_is_read_for_linux_amd64_and_keeps_the_index_digest(pushed: Pushed) -> None:
+    info = read_image(f"{pushed.index_repo}:v1")  # arm64 (training) is listed first, amd64 (serving) second
+    assert (info.kind, info.card) == ("serving", CARD)
+    amd64 = read_image(f"{pushed.index_repo}:amd64")
+    assert info.digest != amd64.digest and info.digest == _head(f"{pushed.index_repo}:v1")
+    assert {(r.tag, r.kind) for r in list_models(pushed.index_repo)} == {
+        ("amd64", "serving"),
+        ("arm64", "training"),
+        ("v1", "serving"),
+    }
+
+
+def _head(ref: str) -> str:
+    host, _, rest = ref.partition("/")
+    name, _, tag = rest.rpartition(":")
+    accept = "application/vnd.docker.distribution.manifest.list.v2+json"
+    r = httpx.head(f"http://{host}/v2/{name}/manifests/{tag}", headers={"Accept": accept}, timeout=30)
+    return r.headers["Docker-Content-Digest"]
+
+
+def test_the_catalog_is_read_page_by_page(pushed: Pushed) -> None:
+    registry = Registry(REGISTRY)
+    whole = registry.catalog()
+    assert registry.catalog(page=2) == whole  # the registry's Link header, followed to the end
+    assert {f"{pushed.prefix}/iris", f"{pushed.index_repo}"} <= {f"{REGISTRY}/{name}" for name in whole}
 
 
 def test_a_prefix_is_whole_path_components_and_one_repository_works_too(pushed: Pushed) -> None:
