@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import re
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import msgspec
@@ -33,12 +35,26 @@ def _too_deep() -> HTTPError:
     return HTTPError(400, "invalid_json", "the body nests arrays or objects too deeply to be read")
 
 
+@contextlib.contextmanager
+def _no_gc() -> Iterator[None]:
+    """The cyclic GC paused while a body becomes objects: a million small lists would set it off again and
+    again (0.55 s → 0.13 s for 1M empty lists here). Nothing made while decoding can form a cycle."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def parse_json_body(body: bytes) -> Any:
     """Strict JSON (no NaN or Infinity, no number out of range); an empty body means "all defaults"."""
     if not body.strip():
         return {}
     try:
-        return msgspec.json.decode(body)
+        with _no_gc():
+            return msgspec.json.decode(body)
     except msgspec.ValidationError as e:  # a number no float or int holds: 1e400, 10**5000
         raise _out_of_range(e, None) from None
     except msgspec.DecodeError as e:
@@ -88,7 +104,8 @@ class Validator:
         typed_error: msgspec.ValidationError | None = None
         if self._decoder is not None:
             try:
-                values = self._decoder.decode(body if body.strip() else b"{}")
+                with _no_gc():
+                    values = self._decoder.decode(body if body.strip() else b"{}")
                 return {f: v for f in values.__struct_fields__ if (v := getattr(values, f)) is not msgspec.UNSET}
             except msgspec.ValidationError as e:
                 typed_error = e
