@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -117,13 +120,14 @@ def test_cancel_a_running_and_a_queued_run(training: Callable[..., Service]) -> 
             break
         time.sleep(0.1)
     assert svc.http.get(f"/runs/{queued['id']}").json()["status"] == "queued"  # one run at a time by default
-    r = svc.http.delete(f"/runs/{queued['id']}")
+    r = svc.post(f"/runs/{queued['id']}/cancel")
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
     started = time.monotonic()
-    r = svc.http.delete(f"/runs/{running['id']}")
+    r = svc.post(f"/runs/{running['id']}/cancel")
     assert r.json()["status"] == "cancelled" and time.monotonic() - started < 10
-    again = svc.http.delete(f"/runs/{running['id']}")
+    again = svc.post(f"/runs/{running['id']}/cancel")
     assert (again.status_code, again.json()["error"]) == (409, "already_finished")
+    conforms(svc.http.get("/openapi.json").json(), "/runs/{id}/cancel", "post", again)
     assert svc.post("/runs?wait=60", {}).json()["status"] == "succeeded"
 
 
@@ -184,3 +188,193 @@ def test_a_runs_folder_it_cannot_write_fails_health_not_the_first_run(
     r = svc.post("/runs", {"steps": 1})
     assert r.status_code == 503 and r.json()["cause"]["error"] == "runs_dir_unwritable"
     assert svc.http.get("/runs").json() == []  # nothing to list, and no crash listing it
+
+
+def strict_json(text: str) -> Any:
+    """JSON as RFC 8259 has it: NaN and Infinity (which Python's json accepts) are refused."""
+
+    def refuse(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def wait_status(svc: Service, run_id: str, status: str) -> None:
+    for _ in range(600):
+        if svc.http.get(f"/runs/{run_id}").json()["status"] == status:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"run {run_id} never became {status}")
+
+
+def test_a_run_whose_record_cannot_be_saved_fails_and_the_queue_goes_on(
+    training: Callable[..., Service], capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The notebook deletes its own run folder (as a full disk would stop the writes): issue 8, defect 2."""
+    svc = training()
+    gone = svc.post("/runs?wait=30", {"remove_run": True}).json()
+    nxt = svc.post("/runs?wait=60", {"steps": 2}).json()
+    assert nxt["status"] == "succeeded", nxt  # the queue did not stall
+    gone = svc.http.get(f"/runs/{gone['id']}").json()  # kept in memory, failed, saying why
+    assert gone["status"] == "failed" and "could not be saved" in gone["error"]["message"], gone
+    assert gone["id"] in capfd.readouterr().err  # and the log says which run failed to save
+
+
+def test_a_cancel_before_the_kernel_is_ready_is_kept(training: Callable[..., Service]) -> None:
+    """With no warm kernel, the worker waits for a fresh one; a cancel meanwhile must stick (defect 3)."""
+    svc = training(NB2SVC_WARM_KERNELS="0")
+    for _ in range(3):
+        run = svc.post("/runs", {"steps": 2}).json()
+        r = svc.post(f"/runs/{run['id']}/cancel")
+        assert r.status_code == 200 and r.json()["status"] == "cancelled"
+        after = svc.post("/runs?wait=60", {}).json()  # runs after the cancelled one: that one is settled
+        assert after["status"] == "succeeded"
+        kept = svc.http.get(f"/runs/{run['id']}").json()
+        assert (kept["status"], kept["outputs"]) == ("cancelled", None)
+
+
+def test_cancelled_queued_runs_free_their_queue_places(training: Callable[..., Service]) -> None:
+    svc = training(NB2SVC_MAX_QUEUE="3")
+    running = svc.post("/runs", {"sleep": 30}).json()
+    wait_status(svc, running["id"], "running")
+    queued = [svc.post("/runs", {}).json() for _ in range(3)]
+    full = svc.post("/runs", {})
+    assert (full.status_code, full.json()["error"]) == (503, "queue_full")
+    for run in queued:
+        assert svc.post(f"/runs/{run['id']}/cancel").json()["status"] == "cancelled"
+    assert svc.post("/runs", {}).status_code == 202  # defect 8: cancelled runs kept their places
+    svc.post(f"/runs/{running['id']}/cancel")
+
+
+def test_a_failing_cell_is_named_as_the_user_numbers_it(
+    serve: Callable[..., Service], tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """papermill drops its error-marker cells before it runs (defect 12); the kernelspec names a conda env
+    that is not installed here, and the service runs it on its own Python kernel (defect 13)."""
+    svc = serve(NOTEBOOKS / "broken_markers.ipynb", {"NB2SVC_RUNS_DIR": str(tmp_path / "runs")})
+    failed = svc.post("/runs?wait=60", {}).json()
+    assert failed["status"] == "failed", failed
+    assert (failed["error"]["cell"], failed["error"]["ename"]) == (7, "AssertionError")
+    assert failed["error"]["message"].startswith("cell 7 raised AssertionError")
+    magic = svc.post("/runs?wait=60", {"mode": "magic"}).json()["error"]
+    assert (magic["cell"], magic["ename"]) == (7, "UsageError") and "no_such_magic" in magic["evalue"]
+    assert svc.post("/runs?wait=60", {"mode": "ok"}).json()["status"] == "succeeded"
+    log = capfd.readouterr().err
+    assert "No such kernel" not in log and "without encryption" not in log
+
+
+def test_the_executed_notebook_reruns_anywhere_with_the_values_it_ran_with(
+    training: Callable[..., Service], tmp_path: Path
+) -> None:
+    """Defect 16: no server paths in it; the injected cell holds the values as literals."""
+    svc = training()
+    message = 'it\'s "quoted"\nand two lines'
+    run = svc.post("/runs?wait=60", {"steps": 4, "message": message}).json()
+    assert run["status"] == "succeeded", run
+    text = svc.http.get(run["links"]["notebook"]).text
+    nb = nbformat.reads(text, as_version=4)
+    assert not [c.source for c in nb.cells if str(tmp_path / "runs") in c.source]  # no server path in any cell
+    (injected,) = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert "steps = 4" in injected.source.splitlines()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "run.ipynb").write_text(text)
+    env = {k: v for k, v in os.environ.items() if k != "NB2SVC_ARTIFACTS"}
+    done = subprocess.run(
+        [sys.executable, "-m", "papermill", "run.ipynb", "out.ipynb"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads((elsewhere / "artifacts" / "model.json").read_text()) == {"steps": 4, "message": message}
+
+
+def test_a_record_holding_nan_from_an_older_version_is_left_out(
+    training: Callable[..., Service], tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Defect 7: NaN is not JSON and fits no schema; the record is logged and left out, the rest lists."""
+    old = tmp_path / "runs" / "0123456789abcdef"
+    old.mkdir(parents=True)
+    (old / "run.json").write_text(
+        '{"id": "0123456789abcdef", "status": "succeeded", "parameters": {"sleep": NaN}, '
+        '"created_at": "2026-01-01T00:00:00.000Z", "outputs": {"loss": Infinity}, "artifacts": []}'
+    )
+    svc = training()
+    run = svc.post("/runs?wait=60", {}).json()
+    listed = svc.http.get("/runs")
+    assert [r["id"] for r in strict_json(listed.text)] == [run["id"]]
+    conforms(svc.http.get("/openapi.json").json(), "/runs", "get", listed)
+    assert svc.http.get("/runs/0123456789abcdef").status_code == 404
+    assert f"{old / 'run.json'} is left out: it holds NaN" in capfd.readouterr().err
+    assert strict_json((tmp_path / "runs" / run["id"] / "run.json").read_text())["status"] == "succeeded"
+
+
+def test_a_run_names_the_instance_that_ran_it(training: Callable[..., Service]) -> None:
+    svc = training(NB2SVC_INSTANCE="trainer-7")
+    run = svc.post("/runs?wait=60", {}).json()
+    assert run["instance"] == "trainer-7"
+    assert "instance" in svc.http.get("/openapi.json").json()["components"]["schemas"]["Run"]["properties"]
+
+
+def test_wait_is_bounded_as_the_openapi_document_says(training: Callable[..., Service]) -> None:
+    svc = training()
+    openapi = svc.http.get("/openapi.json").json()
+    (wait,) = [p for p in openapi["paths"]["/runs"]["post"]["parameters"] if p["name"] == "wait"]
+    assert (wait["schema"]["minimum"], wait["schema"]["maximum"]) == (0, 86400)
+    for bad in ("86401", "-1", "nan"):
+        r = svc.post(f"/runs?wait={bad}", {})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "wait"], bad
+        conforms(openapi, "/runs", "post", r)
+    assert svc.http.get("/runs").json() == []  # a refused wait starts no run
+
+
+def test_the_notebook_of_a_run_not_started_is_a_409(training: Callable[..., Service]) -> None:
+    svc = training()
+    openapi = svc.http.get("/openapi.json").json()
+    running = svc.post("/runs", {"sleep": 30}).json()
+    queued = svc.post("/runs", {}).json()
+    r = svc.http.get(f"/runs/{queued['id']}/notebook")
+    assert (r.status_code, r.json()["error"]) == (409, "not_started") and "has not started" in r.json()["message"]
+    conforms(openapi, "/runs/{id}/notebook", "get", r)
+    assert svc.http.get("/runs/nope/notebook").status_code == 404
+    svc.post(f"/runs/{running['id']}/cancel")
+
+
+def test_delete_cancels_and_removes_the_run_and_its_files(training: Callable[..., Service], tmp_path: Path) -> None:
+    svc = training()
+    openapi = svc.http.get("/openapi.json").json()
+    done = svc.post("/runs?wait=60", {}).json()
+    running = svc.post("/runs", {"sleep": 30}).json()
+    wait_status(svc, running["id"], "running")
+    for run, final in ((done, "succeeded"), (running, "cancelled")):
+        r = svc.http.delete(f"/runs/{run['id']}")
+        assert (r.status_code, r.json()["status"]) == (200, final)
+        conforms(openapi, "/runs/{id}", "delete", r)
+        assert svc.http.get(f"/runs/{run['id']}").status_code == 404
+        assert not (tmp_path / "runs" / run["id"]).exists()
+        again = svc.http.delete(f"/runs/{run['id']}")
+        assert again.status_code == 404
+        conforms(openapi, "/runs/{id}", "delete", again)
+    assert svc.http.get("/runs").json() == []
+    assert svc.post("/runs?wait=60", {}).json()["status"] == "succeeded"
+
+
+def test_runs_are_listed_in_pages_newest_first(training: Callable[..., Service]) -> None:
+    svc = training()
+    openapi = svc.http.get("/openapi.json").json()
+    ids = [svc.post("/runs?wait=60", {"steps": n}).json()["id"] for n in (1, 2, 3)]
+    first = svc.http.get("/runs?limit=2")
+    conforms(openapi, "/runs", "get", first)
+    assert [r["id"] for r in first.json()] == ids[:0:-1]
+    assert first.links["next"]["url"]
+    second = svc.http.get(first.links["next"]["url"])
+    assert [r["id"] for r in second.json()] == ids[:1] and "next" not in second.links
+    assert [r["id"] for r in svc.http.get("/runs").json()] == ids[::-1]  # the default page holds them all
+    for bad in ("limit=0", "limit=1001", "limit=many", "cursor=not-a-cursor"):
+        r = svc.http.get(f"/runs?{bad}")
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"][0] == "query", bad
+        conforms(openapi, "/runs", "get", r)

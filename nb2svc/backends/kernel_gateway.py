@@ -34,6 +34,7 @@ TRAINING_ROUTES = [
     ("GET", "/runs"),
     ("GET", "/runs/:id"),
     ("DELETE", "/runs/:id"),
+    ("POST", "/runs/:id/cancel"),
     ("GET", "/runs/:id/notebook"),
     ("GET", "/runs/:id/artifacts/:path"),
 ]

@@ -1,8 +1,7 @@
 """Training runs on disk: one folder a run, so a restarted service keeps every finished run.
 
-RUNS_DIR/<id>/run.json        the record (status, parameters, outputs, error, times)
-RUNS_DIR/<id>/parameters.json the values the notebook reads
-RUNS_DIR/<id>/input.ipynb     the notebook as it is run (parameters cell injected)
+RUNS_DIR/<id>/run.json        the record (status, parameters, outputs, error, times), strict JSON
+RUNS_DIR/<id>/input.ipynb     the notebook as it is run (parameters injected as literals)
 RUNS_DIR/<id>/notebook.ipynb  the executed notebook (written as it runs)
 RUNS_DIR/<id>/artifacts/      $NB2SVC_ARTIFACTS for the run
 """
@@ -10,14 +9,22 @@ RUNS_DIR/<id>/artifacts/      $NB2SVC_ARTIFACTS for the run
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger("nb2svc.runs")
+
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"it holds {name}, which is not JSON")
 
 
 def now() -> str:
@@ -36,6 +43,7 @@ class Run:
     finished_at: str | None = None
     duration_s: float | None = None
     artifacts: list[str] = field(default_factory=list)
+    instance: str | None = None  # the instance that executed it (NB2SVC_INSTANCE, else the host name)
 
     @property
     def done(self) -> bool:
@@ -66,9 +74,11 @@ class RunStore:
         run = Run(id=uuid.uuid4().hex[:16], status="queued", parameters=parameters, created_at=now())
         self.dir(run.id).mkdir()
         self.artifacts_dir(run.id).mkdir()
-        (self.dir(run.id) / "parameters.json").write_text(json.dumps(parameters))
         self.save(run)
         return run
+
+    def delete(self, run_id: str) -> None:
+        shutil.rmtree(self.dir(run_id), ignore_errors=True)
 
     def dir(self, run_id: str) -> Path:
         return self.root / run_id
@@ -84,16 +94,18 @@ class RunStore:
         if run.done:
             run.artifacts = self.list_artifacts(run.id)
         tmp = self.dir(run.id) / "run.json.tmp"
-        tmp.write_text(json.dumps(asdict(run), indent=1))
+        tmp.write_text(json.dumps(asdict(run), indent=1, allow_nan=False))  # NaN is not JSON: a ValueError
         os.replace(tmp, self.dir(run.id) / "run.json")
 
     def load_all(self) -> list[Run]:
         runs = []
         for path in self.root.glob("*/run.json"):
             try:
-                runs.append(Run(**json.loads(path.read_text())))
-            except (ValueError, TypeError):
-                continue  # a foreign or corrupt folder: not ours to serve
+                # An older version could write NaN or Infinity: not JSON, and no value the schema allows,
+                # so such a record is left out (as null it would claim values the run never had).
+                runs.append(Run(**json.loads(path.read_text(), parse_constant=_not_json)))
+            except (OSError, ValueError, TypeError) as e:
+                log.warning("%s is left out: %s; fix or remove it", path, e)
         return sorted(runs, key=lambda r: r.created_at)
 
     def list_artifacts(self, run_id: str) -> list[str]:

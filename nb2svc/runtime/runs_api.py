@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
+import math
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
+from urllib.parse import urlencode
 
+from ..openapi import MAX_PAGE, MAX_WAIT_S, PAGE
 from .errors import HTTPError
 from .http import Handler, Reply, Request
 from .runs import Run
@@ -27,7 +33,8 @@ class TrainingAPI:
             ("POST", "/runs", self.start_run),
             ("GET", "/runs", self.list_runs),
             ("GET", "/runs/{id}", self.get_run),
-            ("DELETE", "/runs/{id}", self.cancel_run),
+            ("DELETE", "/runs/{id}", self.delete_run),
+            ("POST", "/runs/{id}/cancel", self.cancel_run),
             ("GET", "/runs/{id}/notebook", self.run_notebook),
             ("GET", "/runs/{id}/artifacts/{path:path}", self.run_artifact),
         ]
@@ -42,23 +49,35 @@ class TrainingAPI:
         wait = request.query.get("wait")
         try:
             seconds = float(wait) if wait is not None else 0.0
-            if not 0 <= seconds <= 24 * 3600:
-                raise ValueError
         except ValueError:
-            raise HTTPError(
-                422,
-                "validation_error",
-                f"wait={wait!r} is not a number of seconds",
-                detail=[{"loc": ["query", "wait"], "field": "wait", "type": "invalid", "msg": "expected number"}],
-            ) from None
+            seconds = math.nan
+        if not 0 <= seconds <= MAX_WAIT_S:  # NaN too
+            raise _bad_query("wait", f"wait={wait!r} is not a number of seconds from 0 to {MAX_WAIT_S}")
         run = self.executor.submit(self.parameters(request))
         if seconds:
             run = await self.executor.wait(run.id, seconds)
         return Reply.json(self._body(run), 200 if run.done else 202, {"Location": f"/runs/{run.id}"})
 
     async def list_runs(self, request: Request, params: dict[str, str]) -> Reply:
-        runs = sorted(self.executor.runs.values(), key=lambda r: r.created_at, reverse=True)
-        return Reply.json([self._body(r) for r in runs])
+        """A page of runs, newest first; the next page's address is in a ``Link: <...>; rel="next"`` header."""
+        raw_limit = request.query.get("limit", str(PAGE))
+        try:
+            limit = int(raw_limit)
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= MAX_PAGE:
+            raise _bad_query("limit", f"limit={raw_limit!r} is not a whole number from 1 to {MAX_PAGE}")
+        runs = sorted(self.executor.runs.values(), key=_order, reverse=True)
+        cursor = request.query.get("cursor")
+        if cursor is not None:
+            after = _read_cursor(cursor)
+            runs = [r for r in runs if _order(r) < after]
+        page = runs[:limit]
+        headers = {}
+        if len(runs) > limit:
+            query = urlencode({"limit": limit, "cursor": _cursor(page[-1])})
+            headers["Link"] = f'</runs?{query}>; rel="next"'
+        return Reply.json([self._body(r) for r in page], headers=headers)
 
     async def get_run(self, request: Request, params: dict[str, str]) -> Reply:
         return Reply.json(self._body(self.executor.get(params["id"])))
@@ -67,11 +86,16 @@ class TrainingAPI:
         run = self.executor.cancel(params["id"])
         return Reply.json(self._body(await self.executor.wait(run.id, 10)))
 
+    async def delete_run(self, request: Request, params: dict[str, str]) -> Reply:
+        """Cancel if needed, delete the run and its files; the answer is its final record."""
+        return Reply.json(self._body(await self.executor.delete(params["id"])))
+
     async def run_notebook(self, request: Request, params: dict[str, str]) -> Reply:
         run = self.executor.get(params["id"])
         path = self.executor.store.notebook(run.id)
         if not path.is_file():
-            raise HTTPError(404, "not_found", f"run {run.id} has not started yet; no executed notebook")
+            when = "has not started yet" if run.status == "queued" else f"{run.status} before it started"
+            raise HTTPError(409, "not_started", f"run {run.id} {when}: there is no executed notebook")
         name = f"{self.service_name}-{run.id}.ipynb"
         return Reply(
             200,
@@ -86,3 +110,31 @@ class TrainingAPI:
         if path is None:
             raise HTTPError(404, "not_found", f"run {run.id} has no artifact {params['path']!r}")
         return Reply(200, content_type="application/octet-stream", file=path)
+
+
+def _order(run: Run) -> tuple[str, str]:
+    return run.created_at, run.id
+
+
+def _cursor(run: Run) -> str:
+    """Opaque to callers: where the page ended (so a deleted run does not break the next page)."""
+    return base64.urlsafe_b64encode(json.dumps(_order(run)).encode()).decode().rstrip("=")
+
+
+def _read_cursor(cursor: str) -> tuple[str, str]:
+    try:
+        created_at, run_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if isinstance(created_at, str) and isinstance(run_id, str):
+            return created_at, run_id
+    except (ValueError, TypeError, binascii.Error):
+        pass
+    raise _bad_query("cursor", "cursor is not one this service gave out; follow the Link header's next page")
+
+
+def _bad_query(name: str, message: str) -> HTTPError:
+    return HTTPError(
+        422,
+        "validation_error",
+        message,
+        detail=[{"loc": ["query", name], "field": name, "type": "invalid", "msg": message}],
+    )

@@ -1,26 +1,36 @@
 """Training: each run executes the whole notebook through papermill, on a kernel started ahead.
 
 papermill starts a fresh kernel per run by default (seconds); here a small pool keeps kernels
-started, so a run begins at once and still gets a kernel of its own (never reused).
+started, so a run begins at once and still gets a kernel of its own (never reused). Every
+kernel is the service's own Python (ipykernel of this interpreter), whatever the notebook's
+kernelspec is named, and talks over IPC sockets in a folder only this user can open.
 """
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
 import copy
 import json
 import logging
 import os
+import shutil
 import signal
+import sys
+import tempfile
 import time
+import uuid
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
 import nbformat
 import papermill
+from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 from nbformat.v4 import new_code_cell
+from papermill.engines import NBClientEngine, papermill_engines
 from papermill.exceptions import PapermillExecutionError
 
 from ..notebook import strip_pip_lines
@@ -33,20 +43,17 @@ from .validation import OutputChecker
 
 log = logging.getLogger("nb2svc.training")
 
-# The injected cell reads the values from the run's file: values stay data, never source.
-# Only paths nb2svc made are written into it, JSON-quoted.
+KERNEL_NAME = "python3"  # what the executed notebook says it ran on: any Jupyter's Python 3 re-runs it
+
+# The executed notebook must re-run anywhere: the service sets NB2SVC_ARTIFACTS in the kernel
+# before this cell runs (see `_point_artifacts`); elsewhere the artifacts go to ./artifacts.
 _PRELUDE = """\
-# Set by nb2svc before the notebook's own cells: where this run's artifacts go.
+# Set by nb2svc: where the run's artifacts go (the service sets it per run; elsewhere ./artifacts).
 import os as _nb2svc_os
-_nb2svc_os.environ["NB2SVC_ARTIFACTS"] = {artifacts}
+_nb2svc_os.environ.setdefault("NB2SVC_ARTIFACTS", "artifacts")
 del _nb2svc_os"""
 
-_INJECT = """\
-# Parameters injected by nb2svc: read from the run's parameters file as data.
-import json as _nb2svc_json
-with open({parameters}) as _nb2svc_file:
-    globals().update(_nb2svc_json.load(_nb2svc_file))
-del _nb2svc_json, _nb2svc_file"""
+_INJECT = "# Parameters injected by nb2svc: the values this run was started with."
 
 _COLLECT = """\
 # Outputs collected by nb2svc.
@@ -64,6 +71,57 @@ _nb2svc_display({{{mime}: _nb2svc_json.loads(_nb2svc_json.dumps(
 del _nb2svc_json, _nb2svc_display, _nb2svc_plain"""
 
 
+def parameters_source(values: Mapping[str, Any], declared: Collection[str]) -> str:
+    """The injected-parameters cell: one ``name = <literal>`` a value, checked to be data only."""
+    lines = [_INJECT]
+    for name, value in values.items():
+        if name not in declared or not name.isidentifier():
+            raise ValueError(f"{name!r} is not a declared parameter")
+        lines.append(f"{name} = {python_literal(value)}")
+    return "\n".join(lines)
+
+
+def python_literal(value: Any) -> str:
+    """``value`` (JSON data) as Python source that can only be that value: checked by reading it back."""
+    text = repr(value)
+    try:
+        same = _strict(ast.literal_eval(text)) == _strict(value)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        same = False
+    if not same:
+        raise ValueError(f"{text[:60]} is not a JSON value")
+    return text
+
+
+def _strict(value: Any) -> str:
+    """JSON that tells 1 from 1.0 and True (``==`` does not), and refuses NaN."""
+    return json.dumps(value, sort_keys=True, allow_nan=False)
+
+
+class _Engine(NBClientEngine):  # type: ignore[misc]  # papermill has no type hints
+    """papermill's nbclient engine, noting which cell failed and why.
+
+    papermill's error keeps only a cell *index* (into the notebook after it drops its own
+    error-marker cells) and, for a cell with no error output (a failing ``%magic``), no name
+    or message at all; the cell's metadata and the kernel's own error say both.
+    """
+
+    @classmethod
+    def execute_managed_notebook(cls, nb_man: Any, kernel_name: str, **kwargs: Any) -> Any:
+        failures: list[tuple[Mapping[str, Any], Any]] = kwargs.pop("nb2svc_failures")
+        plain = nb_man.cell_exception
+
+        def cell_exception(cell: Any, cell_index: int | None = None, **kw: Any) -> None:
+            failures.append((cell.get("metadata", {}), kw.get("exception")))
+            plain(cell, cell_index=cell_index, **kw)
+
+        nb_man.cell_exception = cell_exception
+        return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
+
+
+papermill_engines.register("nb2svc", _Engine)
+
+
 class KernelPool:
     """Kernels started ahead of need; each is handed out once and shut down after its run.
 
@@ -72,15 +130,28 @@ class KernelPool:
     would wait on it forever).
     """
 
-    def __init__(self, kernel_name: str, cwd: Path, size: int) -> None:
-        self.kernel_name = kernel_name
+    def __init__(self, cwd: Path, size: int) -> None:
         self.cwd = cwd
         self.size = size
         self._ready: list[AsyncKernelManager] = []
         self._starting = 0
+        # Sockets and connection files in a folder of our own (mkdtemp: mode 0700), never on TCP.
+        self._dir = Path(tempfile.mkdtemp(prefix="nb2svc-kernels-"))
+        spec = self._dir / "kernels" / KERNEL_NAME
+        spec.mkdir(parents=True)
+        argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+        (spec / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": "Python 3", "language": "python"}))
+        self._specs = KernelSpecManager(kernel_dirs=[str(self._dir / "kernels")])
 
     async def _start(self) -> AsyncKernelManager:
-        km = AsyncKernelManager(kernel_name=self.kernel_name)
+        name = uuid.uuid4().hex[:8]
+        km = AsyncKernelManager(
+            kernel_name=KERNEL_NAME,
+            kernel_spec_manager=self._specs,
+            transport="ipc",
+            ip=str(self._dir / name),
+            connection_file=str(self._dir / f"{name}.json"),
+        )
         await km.start_kernel(cwd=str(self.cwd))
         return km
 
@@ -89,8 +160,8 @@ class KernelPool:
             self._starting += 1
             try:
                 km = await self._start()
-            except Exception:  # a broken kernelspec: each run then starts its own and reports why
-                log.exception("could not start a warm kernel")
+            except Exception as e:  # each run then starts its own and reports why
+                log.error("could not start a warm kernel: %s", e)
                 return
             finally:
                 self._starting -= 1
@@ -105,6 +176,7 @@ class KernelPool:
         kms, self._ready = self._ready, []
         for km in kms:
             await shutdown(km)
+        shutil.rmtree(self._dir, ignore_errors=True)
 
 
 async def shutdown(km: AsyncKernelManager) -> None:
@@ -121,6 +193,20 @@ def _kill(km: AsyncKernelManager) -> None:
             os.killpg(pgid, signal.SIGKILL)
         elif pid:
             os.kill(pid, signal.SIGKILL)
+
+
+async def _point_artifacts(km: AsyncKernelManager, path: Path, timeout: float = 60) -> None:
+    """Set NB2SVC_ARTIFACTS in the kernel before the notebook runs, off the record (a silent execute)."""
+    kc = km.client()
+    kc.start_channels()
+    try:
+        await kc.wait_for_ready(timeout=timeout)
+        code = f"__import__('os').environ['NB2SVC_ARTIFACTS'] = {str(path)!r}"
+        reply = await kc.execute(code, silent=True, store_history=False, reply=True, timeout=timeout)
+        if reply["content"]["status"] != "ok":
+            raise RuntimeError(f"the kernel refused to set NB2SVC_ARTIFACTS: {reply['content'].get('evalue')}")
+    finally:
+        kc.stop_channels()
 
 
 class TrainingExecutor:
@@ -140,23 +226,17 @@ class TrainingExecutor:
         self._running: dict[str, tuple[AsyncKernelManager, list[str]]] = {}  # id → kernel, [stop reason]
         self._done: dict[str, asyncio.Event] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self._pool = KernelPool(spec.kernel_name, spec.notebook.parent, config.warm_kernels)
+        self._pool = KernelPool(spec.notebook.parent, config.warm_kernels)
         self._outputs = OutputChecker(spec)
         self._nb = nbformat.read(spec.notebook, as_version=4)
-        # The notebook as run: an index into the user's cells, or the name of a cell nb2svc adds.
-        p = spec.parameters_cell.index
-        cells = range(len(self._nb.cells))
-        self._layout: list[int | str] = ["prelude", *cells[: p + 1], "inject", *cells[p + 1 :]]
-        if spec.outputs:
-            self._layout.append("collect")
 
     async def start(self) -> None:
         if self.state == "failed":
             return
         for run in self.store.load_all():
+            self.runs[run.id] = run
             if run.status == "running":
                 self._finish(run, "failed", error=_error("interrupted", "the service restarted during the run"))
-            self.runs[run.id] = run
             if run.status == "queued":
                 self._queue.put_nowait(run.id)
         for _ in range(self.config.max_runs):
@@ -190,8 +270,9 @@ class TrainingExecutor:
     def submit(self, values: dict[str, Any]) -> Run:
         if self.state == "failed":
             raise HTTPError(503, "not_ready", "the service cannot keep runs", cause=self.setup_error)
-        if self._queue.qsize() >= self.config.max_queue:
-            raise HTTPError(503, "queue_full", f"{self._queue.qsize()} runs are already queued; try again later")
+        queued = sum(1 for run in self.runs.values() if run.status == "queued")  # not the cancelled ones
+        if queued >= self.config.max_queue:
+            raise HTTPError(503, "queue_full", f"{queued} runs are already queued; try again later")
         run = self.store.new(values)
         self.runs[run.id] = run
         self._queue.put_nowait(run.id)
@@ -211,8 +292,18 @@ class TrainingExecutor:
             raise HTTPError(409, "already_finished", f"run {run_id} has already {run.status}")
         if run.id in self._running:
             self._stop(run.id, "cancelled")
-        else:
+        else:  # queued, or its kernel is still starting: the worker sees the status and lets it go
             self._finish(run, "cancelled")
+        return run
+
+    async def delete(self, run_id: str) -> Run:
+        """Cancel the run if needed, then forget it and remove its folder."""
+        run = self.get(run_id)
+        if not run.done:
+            self.cancel(run_id)
+            run = await self.wait(run_id, 10)
+        self.runs.pop(run_id, None)  # from here on, nothing writes its record again
+        self.store.delete(run_id)
         return run
 
     def _stop(self, run_id: str, reason: str) -> None:
@@ -225,78 +316,121 @@ class TrainingExecutor:
         run.finished_at = now()
         for key, value in fields.items():
             setattr(run, key, value)
-        self.store.save(run)
+        if not self._save(run) and run.id in self.runs:
+            run.status = "failed"  # kept in memory, with the reason, whether or not this one saves
+            self._save(run)
         event = self._done.pop(run.id, None)
         if event:
             event.set()
 
+    def _save(self, run: Run) -> bool:
+        """Write the run's record; on failure, log it and record why on the run (in memory)."""
+        if run.id not in self.runs:
+            return True  # deleted: its folder is gone on purpose
+        try:
+            self.store.save(run)
+        except (OSError, ValueError) as e:  # its folder removed, a full disk; a value JSON cannot hold
+            log.error("run %s: its record could not be saved in %s: %s", run.id, self.store.dir(run.id), e)
+            run.error = _error("storage_error", f"the run's record could not be saved: {e}")
+            return False
+        return True
+
     async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            run = self.runs[await self._queue.get()]
-            if run.status != "queued":
-                continue  # cancelled while it waited
+            run = self.runs.get(await self._queue.get())
+            if run is None or run.status != "queued":
+                continue  # cancelled or deleted while it waited
             try:
-                km = await self._pool.take()
-            except Exception as e:  # no kernel at all: the run cannot start
-                self._finish(run, "failed", error=_error("kernel_failed", f"could not start a kernel: {e}"))
-                continue
+                await self._run(run)
+            except Exception as e:  # one run's failure must never stop the queue
+                log.exception("run %s: nb2svc failed running it", run.id)
+                if not run.done:
+                    self._finish(run, "failed", error=_error("internal_error", f"nb2svc failed running it: {e}"))
+
+    async def _run(self, run: Run) -> None:
+        try:
+            km = await self._pool.take()
+        except Exception as e:  # no kernel at all: the run cannot start
+            self._finish(run, "failed", error=_error("kernel_failed", f"could not start a kernel: {e}"))
+            return
+        try:
+            if run.status != "queued":
+                return  # cancelled while its kernel started
             reasons: list[str] = []
             self._running[run.id] = (km, reasons)
-            run.status, run.started_at = "running", now()
-            self.store.save(run)
-            timer = loop.call_later(self.config.timeout, self._stop, run.id, "timeout")
+            run.status, run.started_at, run.instance = "running", now(), self.config.instance
+            if not self._save(run):
+                self._finish(run, "failed")
+                return
+            timer = asyncio.get_running_loop().call_later(self.config.timeout, self._stop, run.id, "timeout")
             started = time.monotonic()
             try:
-                status, fields = await asyncio.to_thread(self._execute, run, km, reasons)
+                status, fields = await self._execute(run, km, reasons)
             finally:
                 timer.cancel()
-                del self._running[run.id]
-                await shutdown(km)
-                self._refill()
             self._finish(run, status, duration_s=round(time.monotonic() - started, 3), **fields)
+        finally:
+            self._running.pop(run.id, None)
+            await shutdown(km)
+            self._refill()
 
     def _prepare(self, run: Run) -> Path:
-        """Write the notebook as it will run: pip lines commented, nb2svc's cells added (see `_layout`)."""
+        """Write the notebook as it will run: pip lines commented, nb2svc's cells added, each cell numbered."""
         nb = copy.deepcopy(self._nb)
-        for cell in nb.cells:
+        nb.metadata["kernelspec"] = {"name": KERNEL_NAME, "display_name": "Python 3", "language": "python"}
+        cells = []
+        for index, cell in enumerate(nb.cells):
             if cell.cell_type == "code":
-                cell.source = strip_pip_lines(cell.source)
-        # Only paths nb2svc made are written into the cells' source, JSON-quoted; the values stay in a file.
-        prelude = _PRELUDE.format(artifacts=json.dumps(str(self.store.artifacts_dir(run.id).resolve())))
-        inject = _INJECT.format(parameters=json.dumps(str((self.store.dir(run.id) / "parameters.json").resolve())))
-        added = {
-            "prelude": new_code_cell(prelude, metadata={"tags": ["nb2svc-prelude"]}),
-            "inject": new_code_cell(inject, metadata={"tags": ["injected-parameters"]}),
-            "collect": new_code_cell(
-                _COLLECT.format(mime=json.dumps(OUTPUTS_MIME), names=json.dumps([o.name for o in self.spec.outputs])),
-                metadata={"tags": ["nb2svc-outputs"]},
-            ),
-        }
-        nb.cells = [nb.cells[slot] if isinstance(slot, int) else added[slot] for slot in self._layout]
+                cell.source = strip_pip_lines(cell.get("source", ""))
+            cell.setdefault("metadata", {})["nb2svc"] = {"cell": index + 1}  # the user's cell number
+            cells.append(cell)
+        p = self.spec.parameters_cell.index
+        names = [p.name for p in self.spec.parameters]
+        collect = _COLLECT.format(mime=json.dumps(OUTPUTS_MIME), names=json.dumps([o.name for o in self.spec.outputs]))
+        nb.cells = [
+            new_code_cell(_PRELUDE, metadata={"tags": ["nb2svc-prelude"]}),
+            *cells[: p + 1],
+            new_code_cell(parameters_source(run.parameters, names), metadata={"tags": ["injected-parameters"]}),
+            *cells[p + 1 :],
+        ]
+        if self.spec.outputs:
+            nb.cells.append(new_code_cell(collect, metadata={"tags": ["nb2svc-outputs"]}))
         nb.metadata.setdefault("papermill", {})["parameters"] = run.parameters
         nb.metadata.setdefault("nb2svc", {})["run"] = run.id
         path = self.store.dir(run.id) / "input.ipynb"
         nbformat.write(nb, path)
         return path
 
-    def _execute(self, run: Run, km: AsyncKernelManager, reasons: list[str]) -> tuple[str, dict[str, Any]]:
+    async def _execute(self, run: Run, km: AsyncKernelManager, reasons: list[str]) -> tuple[str, dict[str, Any]]:
+        try:
+            await _point_artifacts(km, self.store.artifacts_dir(run.id).resolve())
+        except Exception as e:  # killed by cancel or timeout while it started, or a broken kernel
+            if reasons:
+                return self._stopped(reasons[0])
+            return "failed", {"error": _error("kernel_failed", f"the kernel did not start: {e}")}
+        return await asyncio.to_thread(self._papermill, run, km, reasons)
+
+    def _papermill(self, run: Run, km: AsyncKernelManager, reasons: list[str]) -> tuple[str, dict[str, Any]]:
         out = self.store.notebook(run.id)
+        failures: list[tuple[Mapping[str, Any], Any]] = []
         try:
             papermill.execute_notebook(
-                self._prepare(run), out, kernel_name=self.spec.kernel_name, km=km, progress_bar=False, log_output=False
+                self._prepare(run),
+                out,
+                kernel_name=KERNEL_NAME,
+                engine_name="nb2svc",
+                km=km,
+                progress_bar=False,
+                log_output=False,
+                nb2svc_failures=failures,
             )
         except PapermillExecutionError as e:
-            slot = self._layout[e.cell_index] if e.cell_index < len(self._layout) else None
-            if slot == "collect":
-                return "failed", {"error": _error("output_error", f"the outputs could not be recorded: {e.evalue}")}
-            if not isinstance(slot, int):
-                return "failed", {"error": _error("internal_error", f"nb2svc's own cell raised {e.ename}: {e.evalue}")}
-            err = notebook_error(slot + 1, e.ename, e.evalue, list(e.traceback), self.config.debug).body
-            return "failed", {"error": err}
+            return "failed", {"error": self._cell_error(e, failures)}
         except Exception as e:  # the kernel died: killed by cancel or timeout, or crashed
             if reasons:
                 return self._stopped(reasons[0])
+            if not self.store.dir(run.id).is_dir():
+                return "failed", {"error": _error("storage_error", f"the run's folder was removed during the run: {e}")}
             return "failed", {"error": _error("kernel_died", f"the notebook's kernel stopped: {e}")}
         if reasons:  # stopped just as the last cell ended
             return self._stopped(reasons[0])
@@ -305,6 +439,19 @@ class TrainingExecutor:
         if problems:
             return "failed", {"outputs": outputs, "error": _error("output_error", problems)}
         return "succeeded", {"outputs": outputs}
+
+    def _cell_error(self, e: PapermillExecutionError, failures: list[tuple[Mapping[str, Any], Any]]) -> dict[str, Any]:
+        """The failing cell in the user's numbering, and the kernel's own name and message for the error."""
+        metadata, exc = failures[-1] if failures else ({}, None)
+        ename = getattr(exc, "ename", None) or e.ename
+        evalue = getattr(exc, "evalue", None) or e.evalue
+        number = metadata.get("nb2svc", {}).get("cell")
+        tags = metadata.get("tags", [])
+        if "nb2svc-outputs" in tags:
+            return _error("output_error", f"the outputs could not be recorded: {evalue}")
+        if not isinstance(number, int):
+            return _error("internal_error", f"nb2svc's own cell raised {ename}: {evalue}")
+        return notebook_error(number, ename, evalue, list(e.traceback), self.config.debug).body
 
     def _stopped(self, reason: str) -> tuple[str, dict[str, Any]]:
         if reason == "cancelled":

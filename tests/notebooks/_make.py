@@ -156,7 +156,7 @@ def main() -> None:
                 "remove_run: bool = False  # the cell deletes the run's own folder",
             ),
             "out = Path(os.environ.get('NB2SVC_ARTIFACTS', 'artifacts'))\nout.mkdir(parents=True, exist_ok=True)\n"
-            "time.sleep(sleep)\nif remove_run:\n    shutil.rmtree(os.environ['NB2SVC_ARTIFACTS'] + '/..')\n"
+            "time.sleep(sleep)\nif remove_run:\n    shutil.rmtree(Path(os.environ['NB2SVC_ARTIFACTS']).parent)\n"
             "if fail:\n    raise RuntimeError('asked to fail')\n"
             "(out / 'model.json').write_text(json.dumps({'steps': steps, 'message': message}))",
             "loss = {'ok': 1.0 / steps, 'nan': float('nan'), 'object': object()}[loss_kind]",
