@@ -78,7 +78,9 @@ def _http_protocol() -> type[Any]:
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket, or an error that says the port is taken (before anything is announced)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted sockets only when the proto says TCP (else
+    # Nagle and delayed ACKs add 40 ms to every keep-alive request after the first)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
