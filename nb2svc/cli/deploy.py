@@ -1,0 +1,164 @@
+"""Deploy and operate (SPEC §6): deploy, deployments, rollback, scale, decommission.
+
+Swarm deployments go through the :class:`~nb2svc.deploy.engine.Engine` interface; ``--target kubernetes``
+writes manifests (and hands them to ``kubectl apply -k`` with ``--apply``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from ..deploy.engine import Deployment, DeployOptions, engine
+from ..deploy.labels import ImageInfo
+from ..errors import ExternalError
+from ._base import main, progress_option, progress_printer
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+def _read_image(ref: str) -> ImageInfo:
+    """The image's labels from its registry's API (nothing pulled)."""
+    from ..deploy.catalog import read_image
+
+    return read_image(ref)
+
+
+def _env(values: tuple[str, ...]) -> dict[str, str]:
+    for e in values:
+        if "=" not in e or e.startswith("="):
+            raise click.BadParameter(f"{e!r} is not NAME=VALUE", param_hint="--env")
+    return dict(e.partition("=")[::2] for e in values)
+
+
+def _show(d: Deployment, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(d.as_json(), indent=2))
+    else:
+        click.echo(f"{d.name}: {d.running}/{d.replicas} replicas of {d.image}, {d.state}, at {d.url or '-'}")
+
+
+@main.command()
+@click.argument("ref", required=False)
+@click.option("--name", required=True, help="The deployment's name (a DNS label).")
+@click.option("--target", type=click.Choice(["swarm", "kubernetes"]), default="swarm", show_default=True)
+@click.option("--replicas", type=click.IntRange(1), help="Replicas (new deployment: 1; else kept).")
+@click.option("--node", metavar="CONSTRAINT", help="Pin replicas: LABEL=VALUE (a node label) or a host name.")
+@click.option("-e", "--env", "env", multiple=True, metavar="K=V", help="Set in every replica (added to its own).")
+@click.option("--publish", metavar="[HOST:]PORT", help="swarm: where the load balancer listens (127.0.0.1:free).")
+@click.option("-o", "--output", type=click.Path(file_okay=False), help="kubernetes: the folder to write.")
+@click.option("--apply", "do_apply", is_flag=True, help="kubernetes: then `kubectl apply -k` the folder.")
+@json_option
+@progress_option
+def deploy(
+    ref: str | None,
+    name: str,
+    target: str,
+    replicas: int | None,
+    node: str | None,
+    env: tuple[str, ...],
+    publish: str | None,
+    output: str | None,
+    do_apply: bool,
+    as_json: bool,
+    show_progress: bool,
+) -> None:
+    """Deploy REF as NAME, or roll NAME to REF; without REF, bring a parked NAME back.
+
+    Waits until every replica is healthy behind one URL; a version that never becomes healthy is rolled
+    back (the old one serving throughout) and the command exits non-zero naming the cause.
+    """
+    if target == "kubernetes":
+        _kubernetes(ref, name, output, do_apply, replicas=replicas, node=node, env=_env(env))
+        return
+    image = _read_image(ref) if ref else None
+    options = DeployOptions(replicas=replicas, node=node, env=_env(env), publish=publish)
+    _show(engine("swarm").deploy(name, image, options, progress_printer(show_progress)), as_json)
+
+
+def _kubernetes(
+    ref: str | None, name: str, output: str | None, do_apply: bool, *, replicas: int | None, node: str | None, env: Any
+) -> None:
+    if not ref or not output:
+        raise click.UsageError("--target kubernetes needs REF and -o DIR")
+    from ..deploy.engine import check_image, check_name
+    from ..deploy.kubernetes import write_manifests
+
+    image = check_image(_read_image(ref))
+    for path in write_manifests(image, check_name(name), Path(output), replicas=replicas, node=node, env=env):
+        click.echo(str(path))
+    if do_apply:
+        kubectl = shutil.which("kubectl")
+        if kubectl is None:
+            hint = f"install it, or apply the folder later: kubectl apply -k {output}"
+            raise ExternalError("kubectl is not on PATH (the manifests are written)", hint)
+        # an argument list, no shell: the folder's name is one argument whatever it holds
+        done = subprocess.run(  # noqa: S603
+            [kubectl, "apply", "-k", output], capture_output=True, text=True, check=False
+        )
+        click.echo(done.stdout, nl=False)
+        if done.returncode:
+            raise ExternalError(f"kubectl apply -k {output} failed: {done.stderr.strip()}")
+
+
+@main.command()
+@json_option
+def deployments(as_json: bool) -> None:
+    """List the deployments: name, image, notebook, kind, commit, replicas, URL, state."""
+    found = engine("swarm").list()
+    if as_json:
+        click.echo(json.dumps([d.as_json() for d in found], indent=2))
+        return
+    console = Console()
+    if not console.is_terminal:  # piped: one line a deployment
+        console.width = 200
+    table = Table(title=f"{len(found)} deployment{'' if len(found) == 1 else 's'}", title_justify="left")
+    for col in ("name", "image", "notebook", "kind", "commit", "replicas", "url", "state"):
+        table.add_column(col, overflow="fold")
+    for d in found:
+        cells = (d.name, d.image, d.notebook or "", d.kind or "", (d.commit or "")[:12])
+        table.add_row(*map(escape, cells), f"{d.running}/{d.replicas}", escape(d.url or ""), d.state)
+    console.print(table)
+
+
+@main.command()
+@click.argument("name")
+@json_option
+@progress_option
+def rollback(name: str, as_json: bool, show_progress: bool) -> None:
+    """Roll NAME back to its version before."""
+    _show(engine("swarm").rollback(name, progress_printer(show_progress)), as_json)
+
+
+@main.command()
+@click.argument("name")
+@click.argument("replicas", type=click.IntRange(0))
+@json_option
+@progress_option
+def scale(name: str, replicas: int, as_json: bool, show_progress: bool) -> None:
+    """Run REPLICAS replicas of NAME (0 parks it)."""
+    _show(engine("swarm").scale(name, replicas, progress_printer(show_progress)), as_json)
+
+
+@main.command()
+@click.argument("name")
+@click.option("--destroy", is_flag=True, help="Remove it and everything nb2svc made for it.")
+@progress_option
+def decommission(name: str, destroy: bool, show_progress: bool) -> None:
+    """Park NAME (0 replicas, spec and image kept; `deploy --name NAME` resumes it); --destroy removes it."""
+    swarm = engine("swarm")
+    progress = progress_printer(show_progress)
+    if destroy:
+        swarm.destroy(name, progress)
+        click.echo(f"{name}: destroyed")
+        return
+    swarm.park(name, progress)
+    click.echo(f"{name}: parked (0 replicas); `nb2svc deploy --name {name}` brings it back")
