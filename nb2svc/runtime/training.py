@@ -1,9 +1,7 @@
 """Training: each run executes the whole notebook through papermill, on a kernel started ahead.
 
 papermill starts a fresh kernel per run by default (seconds); here a small pool keeps kernels
-started, so a run begins at once and still gets a kernel of its own (never reused). Every
-kernel is the service's own Python (ipykernel of this interpreter), whatever the notebook's
-kernelspec is named, and talks over IPC sockets in a folder only this user can open.
+started (kernels.py), so a run begins at once and still gets a kernel of its own (never reused).
 """
 
 from __future__ import annotations
@@ -14,20 +12,13 @@ import contextlib
 import copy
 import json
 import logging
-import os
-import shutil
-import signal
-import sys
-import tempfile
 import time
-import uuid
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
 import nbformat
 import papermill
-from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 from nbformat.v4 import new_code_cell
 from papermill.engines import NBClientEngine, papermill_engines
@@ -37,16 +28,15 @@ from ..notebook import strip_pip_lines
 from ..spec import ServiceSpec
 from .config import Config
 from .errors import HTTPError, notebook_error
+from .kernels import KERNEL_NAME, KernelPool, kill, point_artifacts, shutdown
 from .outputs import OUTPUTS_MIME, recorded_outputs
 from .runs import Run, RunStore, now
 from .validation import OutputChecker
 
 log = logging.getLogger("nb2svc.training")
 
-KERNEL_NAME = "python3"  # what the executed notebook says it ran on: any Jupyter's Python 3 re-runs it
-
 # The executed notebook must re-run anywhere: the service sets NB2SVC_ARTIFACTS in the kernel
-# before this cell runs (see `_point_artifacts`); elsewhere the artifacts go to ./artifacts.
+# before this cell runs (see `kernels.point_artifacts`); elsewhere the artifacts go to ./artifacts.
 _PRELUDE = """\
 # Set by nb2svc: where the run's artifacts go (the service sets it per run; elsewhere ./artifacts).
 import os as _nb2svc_os
@@ -120,93 +110,6 @@ class _Engine(NBClientEngine):  # type: ignore[misc]  # papermill has no type hi
 
 
 papermill_engines.register("nb2svc", _Engine)
-
-
-class KernelPool:
-    """Kernels started ahead of need; each is handed out once and shut down after its run.
-
-    Kernels are async-managed on the service's event loop; papermill drives them from a worker
-    thread through nbclient's async client, which notices a killed kernel (the blocking client
-    would wait on it forever).
-    """
-
-    def __init__(self, cwd: Path, size: int) -> None:
-        self.cwd = cwd
-        self.size = size
-        self._ready: list[AsyncKernelManager] = []
-        self._starting = 0
-        # Sockets and connection files in a folder of our own (mkdtemp: mode 0700), never on TCP.
-        self._dir = Path(tempfile.mkdtemp(prefix="nb2svc-kernels-"))
-        spec = self._dir / "kernels" / KERNEL_NAME
-        spec.mkdir(parents=True)
-        argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-        (spec / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": "Python 3", "language": "python"}))
-        self._specs = KernelSpecManager(kernel_dirs=[str(self._dir / "kernels")])
-
-    async def _start(self) -> AsyncKernelManager:
-        name = uuid.uuid4().hex[:8]
-        km = AsyncKernelManager(
-            kernel_name=KERNEL_NAME,
-            kernel_spec_manager=self._specs,
-            transport="ipc",
-            ip=str(self._dir / name),
-            connection_file=str(self._dir / f"{name}.json"),
-        )
-        await km.start_kernel(cwd=str(self.cwd))
-        return km
-
-    async def fill(self) -> None:
-        while len(self._ready) + self._starting < self.size:
-            self._starting += 1
-            try:
-                km = await self._start()
-            except Exception as e:  # each run then starts its own and reports why
-                log.error("could not start a warm kernel: %s", e)
-                return
-            finally:
-                self._starting -= 1
-            self._ready.append(km)
-
-    async def take(self) -> AsyncKernelManager:
-        if self._ready:
-            return self._ready.pop(0)
-        return await self._start()
-
-    async def close(self) -> None:
-        kms, self._ready = self._ready, []
-        for km in kms:
-            await shutdown(km)
-        shutil.rmtree(self._dir, ignore_errors=True)
-
-
-async def shutdown(km: AsyncKernelManager) -> None:
-    with contextlib.suppress(Exception):  # already dead, or its files already gone
-        await km.shutdown_kernel(now=True)
-
-
-def _kill(km: AsyncKernelManager) -> None:
-    """Kill the kernel and what it started: nbclient then stops the run with DeadKernelError."""
-    pgid = getattr(km.provisioner, "pgid", None)
-    pid = getattr(km.provisioner, "pid", None)
-    with contextlib.suppress(ProcessLookupError, PermissionError, TypeError):
-        if pgid:
-            os.killpg(pgid, signal.SIGKILL)
-        elif pid:
-            os.kill(pid, signal.SIGKILL)
-
-
-async def _point_artifacts(km: AsyncKernelManager, path: Path, timeout: float = 60) -> None:
-    """Set NB2SVC_ARTIFACTS in the kernel before the notebook runs, off the record (a silent execute)."""
-    kc = km.client()
-    kc.start_channels()
-    try:
-        await kc.wait_for_ready(timeout=timeout)
-        code = f"__import__('os').environ['NB2SVC_ARTIFACTS'] = {str(path)!r}"
-        reply = await kc.execute(code, silent=True, store_history=False, reply=True, timeout=timeout)
-        if reply["content"]["status"] != "ok":
-            raise RuntimeError(f"the kernel refused to set NB2SVC_ARTIFACTS: {reply['content'].get('evalue')}")
-    finally:
-        kc.stop_channels()
 
 
 class TrainingExecutor:
@@ -309,7 +212,7 @@ class TrainingExecutor:
     def _stop(self, run_id: str, reason: str) -> None:
         km, reasons = self._running[run_id]
         reasons.append(reason)
-        _kill(km)
+        kill(km)
 
     def _finish(self, run: Run, status: str, **fields: Any) -> None:
         run.status = status
@@ -403,7 +306,7 @@ class TrainingExecutor:
 
     async def _execute(self, run: Run, km: AsyncKernelManager, reasons: list[str]) -> tuple[str, dict[str, Any]]:
         try:
-            await _point_artifacts(km, self.store.artifacts_dir(run.id).resolve())
+            await point_artifacts(km, self.store.artifacts_dir(run.id).resolve())
         except Exception as e:  # killed by cancel or timeout while it started, or a broken kernel
             if reasons:
                 return self._stopped(reasons[0])
