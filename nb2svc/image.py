@@ -44,6 +44,7 @@ RUNTIME_REQUIREMENTS = (
     "uvicorn>=0.29",
     "prometheus-client>=0.20",
     "msgspec>=0.18",
+    "psycopg[binary]>=3.1",  # NB2SVC_LOG_URL=postgresql://: replicas share one prediction log
 )
 
 # pip settings that mean the same inside a container; find-links, constraints and file:// indexes name host

@@ -80,6 +80,30 @@ INSTANCE_HEADER: dict[str, JSON] = {
 }
 
 
+PREDICTION_HEADER: dict[str, JSON] = {
+    "description": "names this prediction in the prediction log: send it back with POST /feedback",
+    "schema": {"type": "string", "format": "uuid"},
+}
+
+
+def feedback_schema(spec: ServiceSpec) -> dict[str, JSON]:
+    """A ``POST /feedback`` body: the answer's X-Prediction-Id and the truth of some or all outputs."""
+    return {
+        "type": "object",
+        "required": ["prediction_id", "truth"],
+        "additionalProperties": False,
+        "properties": {
+            "prediction_id": {"type": "string", "minLength": 1, "description": "the answer's X-Prediction-Id"},
+            "truth": {
+                "type": "object",
+                "description": "the true value of some or all outputs (each optional, typed as the outputs)",
+                "properties": spec.output_schema()["properties"],
+                "additionalProperties": False,
+            },
+        },
+    }
+
+
 def _error(desc: str) -> dict[str, JSON]:
     return {"description": desc, "content": {"application/json": {"schema": {"$ref": _REF + "Error"}}}}
 
@@ -141,11 +165,32 @@ def _serving_paths(spec: ServiceSpec) -> dict[str, JSON]:
                 "summary": f"Run {spec.name} on one set of parameters",
                 "requestBody": _body(required=any(p.required for p in spec.parameters)),
                 "responses": {
-                    "200": _json("the notebook's outputs", "Outputs"),
+                    "200": {
+                        **_json("the notebook's outputs", "Outputs"),
+                        "headers": {"X-Prediction-Id": {"$ref": "#/components/headers/PredictionId"}},
+                    },
                     **_common_errors(400, 413, 422, 500, 503, 504),
                 },
             }
-        }
+        },
+        "/feedback": {
+            "post": {
+                "operationId": "feedback",
+                "summary": "Record the ground truth of a logged prediction (for nb2svc monitor)",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"$ref": _REF + "Feedback"}}},
+                },
+                "responses": {
+                    "204": {"description": "recorded (feedback sent again replaces it)"},
+                    "400": _error("the body is not valid JSON"),
+                    "404": _error("no logged prediction has this id (unknown, not sampled, or the log is off)"),
+                    "413": _error("the body is larger than the service accepts"),
+                    "422": _error("the feedback is invalid: an unknown output or a value of the wrong type"),
+                    "503": _error("the prediction log cannot be reached; retry"),
+                },
+            }
+        },
     }
 
 
@@ -296,6 +341,8 @@ def openapi_document(spec: ServiceSpec) -> dict[str, Any]:
         "Error": ERROR_SCHEMA,
         "Health": HEALTH_SCHEMA,
     }
+    if spec.kind == "serving":
+        schemas["Feedback"] = feedback_schema(spec)
     if spec.kind == "training":
         schemas["Run"] = _run_schema()
         schemas["RunList"] = {"type": "array", "items": {"$ref": _REF + "Run"}}
@@ -312,5 +359,5 @@ def openapi_document(spec: ServiceSpec) -> dict[str, Any]:
         },
         "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
         "paths": paths,
-        "components": {"schemas": schemas, "headers": {"Instance": INSTANCE_HEADER}},
+        "components": {"schemas": schemas, "headers": {"Instance": INSTANCE_HEADER, "PredictionId": PREDICTION_HEADER}},
     }

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Mapping
@@ -219,3 +222,54 @@ def reads_the_body_as_json_whatever_its_content_type(svc: Service) -> None:
     for content_type in ("application/x-www-form-urlencoded", "application/json"):
         r = svc.http.post("/invoke", content=latin1, headers={"content-type": content_type})
         assert (r.status_code, r.json()["error"]) == (400, "invalid_json"), (content_type, r.text)
+
+
+class Postgres:
+    """A PostgreSQL server of the tests' own, on 127.0.0.1 in a temporary data directory (Debian's binaries)."""
+
+    def __init__(self, bindir: Path, data: Path, port: int) -> None:
+        self.bindir, self.data, self.port = bindir, data, port
+        self.url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+
+    def _pg(self, *args: str) -> None:
+        # initdb and the server refuse to run as root: the tests run as root, the server as user postgres
+        cmd = [str(self.bindir / args[0]), *args[1:]]
+        if os.geteuid() == 0:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120)
+
+    def init(self) -> None:
+        self.data.mkdir(parents=True)
+        if os.geteuid() == 0:
+            subprocess.run(["chown", "-R", "postgres:postgres", str(self.data.parent)], check=True)
+        self._pg("initdb", "-D", str(self.data / "db"), "-A", "trust", "-U", "postgres", "--no-sync")
+
+    def start(self) -> None:
+        options = f"-h 127.0.0.1 -p {self.port} -k {self.data} -c fsync=off"
+        self._pg("pg_ctl", "-D", str(self.data / "db"), "-o", options, "-l", str(self.data / "log"), "-w", "start")
+
+    def stop(self) -> None:
+        self._pg("pg_ctl", "-D", str(self.data / "db"), "-m", "fast", "-w", "stop")
+
+
+def postgres_bindir() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return found[-1].parent if found else None
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
+    """A real PostgreSQL for the session (scripts/services-setup installs it); skipped where it is missing."""
+    bindir = postgres_bindir()
+    if bindir is None:
+        pytest.skip("PostgreSQL is not installed (scripts/services-setup installs Debian's postgresql)")
+    root = Path(tempfile.mkdtemp(prefix="nb2svc-pg-", dir="/tmp"))  # user postgres must reach it
+    server = Postgres(bindir, root / "data", free_port())
+    server.init()
+    server.start()
+    try:
+        yield server
+    finally:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            server.stop()
+        shutil.rmtree(root, ignore_errors=True)

@@ -28,7 +28,7 @@ from ..runtime.core import Core, Reply, Request
 from ..runtime.inprocess import InProcessExecutor
 from ..spec import ServiceSpec, inspect_notebook
 
-SERVING_ROUTES = [("POST", "/invoke")]
+SERVING_ROUTES = [("POST", "/invoke"), ("POST", "/feedback")]
 TRAINING_ROUTES = [
     ("POST", "/runs"),
     ("GET", "/runs"),

@@ -23,6 +23,11 @@ class Config:
     runs_dir: Path = Path(".nb2svc/runs")
     debug: bool = False  # tracebacks in 500 bodies
     instance: str = "localhost"  # X-Nb2svc-Instance: NB2SVC_INSTANCE, else the host name (a container's id)
+    # the prediction log (serving): NB2SVC_LOG_URL, sqlite:///PATH (default: beside the runs), postgresql://, off
+    log_url: str = "off"
+    log_sample: float = 1.0  # NB2SVC_LOG_SAMPLE: share of predictions logged, 0 to 1
+    log_buffer: int = 10_000  # NB2SVC_LOG_BUFFER: predictions held while the store is slow or down
+    image: str = ""  # what predictions are logged under: NB2SVC_IMAGE (a deploy sets it), else the notebook's sha
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], spec: ServiceSpec) -> Config:
@@ -45,6 +50,9 @@ class Config:
         timeout = float(num("NB2SVC_TIMEOUT", default_timeout, float))
         if timeout == 0:
             raise Nb2svcError("NB2SVC_TIMEOUT=0: a timeout must be a positive number of seconds")
+        sample = float(num("NB2SVC_LOG_SAMPLE", 1.0, float))
+        if sample > 1:
+            raise Nb2svcError(f"NB2SVC_LOG_SAMPLE={env['NB2SVC_LOG_SAMPLE']!r} is a share of predictions: 0 to 1")
         return cls(
             workers=int(num("NB2SVC_WORKERS", 1)),
             max_body=int(num("NB2SVC_MAX_BODY", cls.max_body)),
@@ -56,4 +64,26 @@ class Config:
             runs_dir=Path(env.get("NB2SVC_RUNS_DIR") or Path(".nb2svc/runs") / spec.name),
             debug=env.get("NB2SVC_DEBUG", "").lower() in {"1", "true", "yes", "on"},
             instance=env.get("NB2SVC_INSTANCE") or socket.gethostname(),
+            log_url=_log_url(env, spec),
+            log_sample=sample,
+            log_buffer=max(1, int(num("NB2SVC_LOG_BUFFER", cls.log_buffer))),
+            image=env.get("NB2SVC_IMAGE") or f"sha256:{spec.sha256[:12]}",
         )
+
+
+def _log_url(env: Mapping[str, str], spec: ServiceSpec) -> str:
+    """NB2SVC_LOG_URL, else a SQLite file beside the runs: ``.nb2svc/predictions/NAME.sqlite`` for `nb2svc serve`,
+    ``/var/lib/nb2svc/predictions.sqlite`` in an image (whose NB2SVC_RUNS_DIR is /var/lib/nb2svc/runs)."""
+    url = (env.get("NB2SVC_LOG_URL") or "").strip()
+    if url:
+        if url.lower() in {"off", "none", "0", "false"}:
+            return "off"
+        if url.partition("://")[0].lower() not in {"sqlite", "postgresql", "postgres"} or "://" not in url:
+            raise Nb2svcError(
+                f"NB2SVC_LOG_URL={url!r} is not a prediction log nb2svc knows",
+                hint="use sqlite:///PATH, postgresql://USER@HOST/DB, or off",
+            )
+        return url
+    runs = env.get("NB2SVC_RUNS_DIR")
+    path = Path(runs).parent / "predictions.sqlite" if runs else Path(".nb2svc/predictions") / f"{spec.name}.sqlite"
+    return f"sqlite:///{path.absolute()}"

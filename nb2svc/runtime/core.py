@@ -23,6 +23,9 @@ from .errors import HTTPError
 from .http import Handler, Reply, Request, too_large
 from .inprocess import InProcessExecutor
 from .metrics import CONTENT_TYPE, Metrics
+from .predictions import new_id
+from .predictions.feedback import FeedbackReader, service_meta
+from .predictions.recorder import LogSettings, LogUnavailable, Recorder
 from .runs_api import TrainingAPI
 from .serving import ServingExecutor
 from .training import TrainingExecutor
@@ -32,6 +35,7 @@ __all__ = ["Core", "Handler", "Reply", "Request", "Serving", "too_large"]
 
 log = logging.getLogger("nb2svc.core")
 INSTANCE_HEADER = "X-Nb2svc-Instance"
+PREDICTION_HEADER = "X-Prediction-Id"
 _PARSE_INLINE = 64 * 1024  # bytes: a larger body is parsed and validated off the event loop
 _TAKES_PARAMETERS = frozenset({("POST", "/invoke"), ("POST", "/runs")})
 
@@ -59,10 +63,13 @@ class Core:
         self.metrics = Metrics()
         self._openapi = json.dumps(openapi_document(spec), separators=(",", ":")).encode()
         api: _ServingAPI | TrainingAPI
+        self.predictions: Recorder | None = None  # serving: the prediction log's buffer and writer
         if spec.kind == "serving":
             if serving is None:  # NB2SVC_WORKERS=0 trades crash isolation and timeouts for one process hop less
                 serving = InProcessExecutor(spec, config) if config.workers == 0 else ServingExecutor(spec, config)
             api = _ServingAPI(self, serving)
+            self.predictions = api.recorder
+            self.metrics.track_predictions(api.recorder)
         else:
             api = TrainingAPI(TrainingExecutor(spec, config), self.parameters, spec.name)
             self.metrics.track_runs(api.executor.counts)
@@ -76,10 +83,14 @@ class Core:
         self._routes = [(method, template, _compile(template), handler) for method, template, handler in routes]
 
     async def start(self) -> None:
+        if self.predictions is not None:
+            self.predictions.start()  # connects in its own thread: an unreachable log never delays serving
         await self.executor.start()
 
     async def close(self) -> None:
         await self.executor.close()
+        if self.predictions is not None:
+            await asyncio.to_thread(self.predictions.close)  # writes what is buffered, for a few seconds at most
 
     async def handle(self, request: Request) -> Reply:
         """Answer one request; never raises, always JSON on error."""
@@ -169,12 +180,53 @@ def _compile(template: str) -> re.Pattern[str]:
 
 
 class _ServingAPI:
+    """``POST /invoke`` (each answer logged off the request path, named by X-Prediction-Id) and ``POST /feedback``."""
+
     def __init__(self, core: Core, executor: Serving) -> None:
         self.core = core
         self.executor = executor
+        config, spec = core.config, core.spec
+        settings = LogSettings(config.log_url, config.log_sample, config.log_buffer, max(config.max_body, 1 << 20))
+        self.recorder = Recorder(settings, spec.name, service_meta(spec, config.image))
+        self._feedback = FeedbackReader(spec)
+        # every parameter's value as the notebook sees it: the request's over the notebook's literal defaults
+        self._defaults = {p.name: p.default for p in spec.parameters if p.has_default}
 
     def routes(self) -> list[tuple[str, str, Handler]]:
-        return [("POST", "/invoke", self.invoke)]
+        return [("POST", "/invoke", self.invoke), ("POST", "/feedback", self.feedback)]
 
     async def invoke(self, request: Request, params: dict[str, str]) -> Reply:
-        return Reply.json(await self.executor.invoke(self.core.parameters(request)))
+        values = self.core.parameters(request)
+        started = time.perf_counter()
+        reply = Reply.json(await self.executor.invoke(values))
+        latency = time.perf_counter() - started
+        prediction_id = new_id()
+        reply.headers[PREDICTION_HEADER] = prediction_id
+        if self.recorder.sampled():
+            self.recorder.record(
+                prediction_id,
+                {**self._defaults, **values},
+                reply.body,
+                latency,
+                self.core.config.instance,
+                self.core.config.image,
+                len(request.body) + len(reply.body),
+            )
+        return reply
+
+    async def feedback(self, request: Request, params: dict[str, str]) -> Reply:
+        if len(request.body) > self.core.config.max_body:
+            raise too_large(self.core.config.max_body)
+        prediction_id, truth = self._feedback.parse(request.body)
+        try:
+            found = await asyncio.to_thread(self.recorder.feedback, prediction_id, truth)
+        except LogUnavailable as e:
+            raise HTTPError(503, "log_unavailable", f"{e}; retry later") from None
+        if not found:
+            why = (
+                "the prediction log is off (NB2SVC_LOG_URL=off)"
+                if not self.recorder.enabled
+                else "no logged prediction has this id (unknown, or not sampled: NB2SVC_LOG_SAMPLE)"
+            )
+            raise HTTPError(404, "unknown_prediction", f"prediction {prediction_id[:64]!r}: {why}")
+        return Reply(204, content_type="application/json")

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ..openapi import RUN_STATUSES
+
+if TYPE_CHECKING:
+    from .predictions.recorder import Recorder
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -23,6 +27,33 @@ class _RunsCollector(Collector):
         for status in RUN_STATUSES:
             family.add_metric([status], counts.get(status, 0))
         yield family
+
+
+class _PredictionLogCollector(Collector):
+    """The prediction log's counters, kept by the recorder (its writer thread updates them)."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        self._recorder = recorder
+
+    def collect(self):  # type: ignore[no-untyped-def]  # prometheus_client's own signature is untyped
+        r = self._recorder
+        written = CounterMetricFamily("nb2svc_predictions_logged", "Predictions written to the prediction log")
+        written.add_metric([], r.written)
+        yield written
+        dropped = CounterMetricFamily(
+            "nb2svc_predictions_dropped",
+            "Predictions not logged: buffer full, too large, failed writes, left at shutdown",
+            labels=["reason"],
+        )
+        for reason, n in sorted(r.dropped.items()):
+            dropped.add_metric([reason], n)
+        yield dropped
+        queued = GaugeMetricFamily("nb2svc_prediction_log_queued", "Predictions waiting in the buffer")
+        queued.add_metric([], r.queued)
+        yield queued
+        up = GaugeMetricFamily("nb2svc_prediction_log_up", "1 while the writer is connected to the log")
+        up.add_metric([], 1 if r.connected else 0)
+        yield up
 
 
 class Metrics:
@@ -42,6 +73,9 @@ class Metrics:
 
     def track_runs(self, counts: Callable[[], dict[str, int]]) -> None:
         self.registry.register(_RunsCollector(counts))
+
+    def track_predictions(self, recorder: Recorder) -> None:
+        self.registry.register(_PredictionLogCollector(recorder))
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()
