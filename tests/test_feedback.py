@@ -46,7 +46,7 @@ def scorer(tmp_path: Path) -> Path:
 def test_600_predictions_are_logged_with_distinct_ids(serve: Any, scorer: Path, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'log.sqlite'}"
     svc = serve(scorer, {"NB2SVC_LOG_URL": url, "NB2SVC_IMAGE": "registry/scorer:1", "NB2SVC_INSTANCE": "one"})
-    rng = random.Random(1)
+    rng = random.Random(1)  # noqa: S311  # test data
     bodies = [{"x": rng.gauss(0, 1), "colour": rng.choice(["red", "green"]), "features": [i, 1]} for i in range(600)]
     answers = _invoke_many(svc, bodies)
     assert [r.status_code for r in answers] == [200] * 600
