@@ -14,17 +14,13 @@ import docker
 import httpx
 import requests
 
-from .errors import ExternalError, Nb2svcError
+from .errors import ExternalError, Nb2svcError, RegistryError
 from .image import BuildError, DockerUnavailable, build_base, connect, follow_build_log, proxy_build_args
 from .render import BuildContext
 
 Progress = Callable[[str], None]
 BASE_LABEL = "nb2svc.base"
 CONTEXT_LABEL = "nb2svc.context.sha256"
-
-
-class RegistryError(ExternalError):
-    """A push or pull failed: the registry is unreachable or refused."""
 
 
 @dataclass(frozen=True)

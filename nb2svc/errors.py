@@ -37,3 +37,7 @@ class ExternalError(Nb2svcError):
 
 class CallError(Nb2svcError):
     """A service answered a call with an error that the caller can fix."""
+
+
+class RegistryError(ExternalError):
+    """A push, pull or registry API call failed: the registry is unreachable or refused."""

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import nbformat
 
 from .errors import NotebookError
 
@@ -39,7 +38,6 @@ class NotebookInfo:
     metadata: Mapping[str, Any]  # the notebook's metadata.nb2svc
     requirements: tuple[str, ...]  # from %pip lines, then requirements.txt, duplicates dropped
     kernel_name: str = "python3"
-    raw: nbformat.NotebookNode = field(repr=False, compare=False, default=None)  # type: ignore[assignment]  # always set by load_notebook
 
     @property
     def name(self) -> str:
@@ -57,8 +55,8 @@ def load_notebook(path: str | Path) -> NotebookInfo:
     except OSError as e:
         raise NotebookError(f"{p}: cannot read the notebook: {e.strerror}") from e
     try:
-        nb = nbformat.reads(data.decode("utf-8"), as_version=4)
-    except Exception as e:  # nbformat raises several unrelated types for bad files
+        nb = _read(data)
+    except Exception as e:  # json and nbformat raise several unrelated types for bad files
         raise NotebookError(f"{p}: not a readable Jupyter notebook: {e}", "open and save it in Jupyter") from e
     _check_language(p.name, nb)
     cells = tuple(
@@ -68,17 +66,17 @@ def load_notebook(path: str | Path) -> NotebookInfo:
             source=_source(c),
             tags=tuple(c.get("metadata", {}).get("tags", ())),
         )
-        for i, c in enumerate(nb.cells)
-        if c.cell_type == "code"
+        for i, c in enumerate(nb["cells"])
+        if c.get("cell_type") == "code"
     )
-    meta = nb.metadata.get("nb2svc", {})
+    meta = nb["metadata"].get("nb2svc", {})
     if not isinstance(meta, Mapping):
         raise NotebookError(f"{p}: metadata.nb2svc must be an object, not {type(meta).__name__}")
     reqs = [r for c in cells for r in pip_requirements(c.source)]
     req_file = p.parent / "requirements.txt"
     if req_file.is_file():
         reqs += read_requirements_file(req_file)
-    kernel = nb.metadata.get("kernelspec", {}).get("name") or "python3"
+    kernel = (nb["metadata"].get("kernelspec") or {}).get("name") or "python3"
     return NotebookInfo(
         path=p.resolve(),
         sha256=hashlib.sha256(data).hexdigest(),
@@ -86,20 +84,41 @@ def load_notebook(path: str | Path) -> NotebookInfo:
         metadata=dict(meta),
         requirements=tuple(dict.fromkeys(reqs)),
         kernel_name=kernel,
-        raw=nb,
     )
 
 
-def _source(cell: nbformat.NotebookNode) -> str:
+def _read(data: bytes) -> dict[str, Any]:
+    """The notebook as JSON. A version 4 notebook (what Jupyter saves) is read as it is, without nbformat: its
+    import costs seconds (jsonschema's format checkers), which every `nb2svc` command and every start would pay.
+    Older versions go through nbformat's converters."""
+    text = data.decode("utf-8")
+    doc = json.loads(text)
+    if not isinstance(doc, dict):
+        raise ValueError("the file holds JSON, but not a notebook object")
+    if doc.get("nbformat") != 4:
+        import nbformat
+
+        doc = dict(nbformat.reads(text, as_version=4))
+    if not isinstance(doc.get("cells"), list) or not all(isinstance(c, dict) for c in doc["cells"]):
+        raise ValueError("it has no list of cells")
+    if not isinstance(doc.setdefault("metadata", {}), dict):
+        raise ValueError("its metadata is not an object")
+    for c in doc["cells"]:
+        if not isinstance(c.setdefault("metadata", {}), dict):
+            raise ValueError("a cell's metadata is not an object")
+    return doc
+
+
+def _source(cell: Mapping[str, Any]) -> str:
     """A cell's source: hand-written JSON may leave the key out (nbformat does not fill it in)."""
     source = cell.get("source", "")
     return "".join(source) if isinstance(source, list) else str(source)
 
 
-def _check_language(name: str, nb: nbformat.NotebookNode) -> None:
+def _check_language(name: str, nb: Mapping[str, Any]) -> None:
     """nb2svc runs notebooks on its own Python kernel, whatever their kernelspec is named; other languages stop here."""
-    spec = nb.metadata.get("kernelspec") or {}
-    languages = [spec.get("language"), (nb.metadata.get("language_info") or {}).get("name")]
+    spec = nb["metadata"].get("kernelspec") or {}
+    languages = [spec.get("language"), (nb["metadata"].get("language_info") or {}).get("name")]
     other = next((lang for lang in languages if isinstance(lang, str) and lang.lower() != "python"), None)
     if other is not None:
         kernel = f" (kernel {spec['name']!r})" if spec.get("name") else ""

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 from docker import auth as docker_auth
 
-from .build import RegistryError
+from .errors import RegistryError
 
 MANIFEST_TYPES = (
     "application/vnd.docker.distribution.manifest.v2+json",

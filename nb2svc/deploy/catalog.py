@@ -25,8 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..build import RegistryError
-from ..errors import Nb2svcError
+from ..errors import Nb2svcError, RegistryError
 from ..registry import Manifest, Registry
 from .labels import Declared, ImageInfo, ImageResources
 
