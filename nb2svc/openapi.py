@@ -13,6 +13,7 @@ RUN_STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"]
 MAX_WAIT_S = 24 * 3600  # POST /runs?wait= at most a day
 PAGE = 50  # GET /runs: runs a page by default
 MAX_PAGE = 1000
+CURSOR_PATTERN = r"^[0-9TZ:.-]+_[0-9a-f]+$"  # {created_at}_{id}: any such string is a position in the list
 
 ERROR_SCHEMA: dict[str, JSON] = {
     "type": "object",
@@ -235,7 +236,7 @@ def _training_paths(spec: ServiceSpec) -> dict[str, JSON]:
                         "in": "query",
                         "required": False,
                         "description": "where the page starts: opaque, from the previous page's `Link` header",
-                        "schema": {"type": "string"},
+                        "schema": {"type": "string", "pattern": CURSOR_PATTERN},
                     },
                 ],
                 "responses": {

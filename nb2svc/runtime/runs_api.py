@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import math
+import re
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 from urllib.parse import urlencode
 
-from ..openapi import MAX_PAGE, MAX_WAIT_S, PAGE
+from ..openapi import CURSOR_PATTERN, MAX_PAGE, MAX_WAIT_S, PAGE
 from .errors import HTTPError
 from .http import Handler, Reply, Request
 from .runs import Run
@@ -117,17 +115,14 @@ def _order(run: Run) -> tuple[str, str]:
 
 
 def _cursor(run: Run) -> str:
-    """Opaque to callers: where the page ended (so a deleted run does not break the next page)."""
-    return base64.urlsafe_b64encode(json.dumps(_order(run)).encode()).decode().rstrip("=")
+    """Where the page ended, so a deleted run does not break the next page; opaque to callers."""
+    return "_".join(_order(run))
 
 
 def _read_cursor(cursor: str) -> tuple[str, str]:
-    try:
-        created_at, run_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        if isinstance(created_at, str) and isinstance(run_id, str):
-            return created_at, run_id
-    except (ValueError, TypeError, binascii.Error):
-        pass
+    if re.fullmatch(CURSOR_PATTERN, cursor):
+        created_at, _, run_id = cursor.rpartition("_")
+        return created_at, run_id
     raise _bad_query("cursor", "cursor is not one this service gave out; follow the Link header's next page")
 
 
