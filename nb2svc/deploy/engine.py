@@ -90,7 +90,7 @@ class Deployment:
         }
 
 
-def _quiet(_line: str) -> None:
+def no_progress(_line: str) -> None:  # the default progress: say nothing
     pass
 
 
@@ -101,7 +101,7 @@ class Engine(ABC):
 
     @abstractmethod
     def deploy(
-        self, name: str, image: ImageInfo | None, options: DeployOptions, progress: Progress = _quiet
+        self, name: str, image: ImageInfo | None, options: DeployOptions, progress: Progress = no_progress
     ) -> Deployment:
         """Create ``name``, or roll it to ``image``, or (``image`` None) resume it / apply ``options``.
 
@@ -110,18 +110,18 @@ class Engine(ABC):
         """
 
     @abstractmethod
-    def rollback(self, name: str, progress: Progress = _quiet) -> Deployment:
+    def rollback(self, name: str, progress: Progress = no_progress) -> Deployment:
         """Roll ``name`` back to the version before the current one."""
 
     @abstractmethod
-    def scale(self, name: str, replicas: int, progress: Progress = _quiet) -> Deployment: ...
+    def scale(self, name: str, replicas: int, progress: Progress = no_progress) -> Deployment: ...
 
     @abstractmethod
-    def park(self, name: str, progress: Progress = _quiet) -> Deployment:
+    def park(self, name: str, progress: Progress = no_progress) -> Deployment:
         """No replicas, everything else kept: `deploy` with no image brings it back."""
 
     @abstractmethod
-    def destroy(self, name: str, progress: Progress = _quiet) -> None:
+    def destroy(self, name: str, progress: Progress = no_progress) -> None:
         """Remove the deployment and everything the engine made for it."""
 
     @abstractmethod

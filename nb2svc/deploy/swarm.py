@@ -9,10 +9,9 @@ failure, reads the cause from the failed tasks' logs (the runtime logs ``setup f
 
 from __future__ import annotations
 
-import builtins
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -20,7 +19,7 @@ import docker.errors
 import httpx
 
 from ..image import connect
-from . import lb
+from . import lb, swarm_tasks
 from .engine import (
     DeployError,
     Deployment,
@@ -32,16 +31,24 @@ from .engine import (
     RolledBack,
     State,
     UnknownDeployment,
-    _quiet,
     check_image,
     check_name,
+    no_progress,
     register,
 )
 from .labels import ImageInfo
-from .swarm_spec import NAME_LABEL, Plan, Release, SwarmSettings, constraint, meets, network_name, service_kwargs
+from .swarm_spec import (
+    NAME_LABEL,
+    Plan,
+    Release,
+    SwarmSettings,
+    check_placement,
+    constraint,
+    network_name,
+    service_kwargs,
+)
 
 _STARTING = {"new", "allocated", "pending", "assigned", "accepted", "preparing", "ready", "starting"}
-_ENDED = {"failed", "rejected", "shutdown", "complete", "orphaned", "remove"}
 
 
 class SwarmEngine(Engine):
@@ -66,7 +73,7 @@ class SwarmEngine(Engine):
     # -- the Engine interface ---------------------------------------------------------------------------
 
     def deploy(
-        self, name: str, image: ImageInfo | None, options: DeployOptions, progress: Progress = _quiet
+        self, name: str, image: ImageInfo | None, options: DeployOptions, progress: Progress = no_progress
     ) -> Deployment:
         check_name(name)
         if image is not None:
@@ -93,11 +100,13 @@ class SwarmEngine(Engine):
         self._check_placement(new)
         if options.publish or lb.find(self.client, name) is None:
             new = replace(new, url=self._balancer(new, image.labels if image else {}, options.publish, progress))
-        what = f"rolling {name} to {release.image}" if release != plan.release else f"updating {name}"
-        progress(f"{what}: {replicas} replica(s), new ones first")
+        if release != plan.release:
+            progress(f"rolling {name} to {release.image}: {replicas} replica(s), new ones first")
+        else:
+            progress(f"{'resuming' if plan.replicas == 0 else 'updating'} {name}: {replicas} replica(s)")
         return self._apply(service, new, progress)
 
-    def rollback(self, name: str, progress: Progress = _quiet) -> Deployment:
+    def rollback(self, name: str, progress: Progress = no_progress) -> Deployment:
         service = self._get(name)
         plan = Plan.from_service(service.attrs)
         if plan.previous is None:
@@ -105,7 +114,7 @@ class SwarmEngine(Engine):
         progress(f"rolling {name} back to {plan.previous.image}")
         return self._apply(service, replace(plan, release=plan.previous, previous=plan.release), progress)
 
-    def scale(self, name: str, replicas: int, progress: Progress = _quiet) -> Deployment:
+    def scale(self, name: str, replicas: int, progress: Progress = no_progress) -> Deployment:
         if replicas == 0:
             return self.park(name, progress)
         if not 0 < replicas <= self.settings.lb_slots:
@@ -114,27 +123,16 @@ class SwarmEngine(Engine):
         progress(f"scaling {name} to {replicas} replica(s)")
         return self._apply(service, replace(Plan.from_service(service.attrs), replicas=replicas), progress)
 
-    def park(self, name: str, progress: Progress = _quiet) -> Deployment:
+    def park(self, name: str, progress: Progress = no_progress) -> Deployment:
         service = self._get(name)
         plan = Plan.from_service(service.attrs)
         parked = replace(plan, replicas=0, parked_replicas=plan.replicas or plan.parked_replicas or 1)
         progress(f"parking {name}: 0 replicas, `nb2svc deploy --name {name}` brings back {parked.parked_replicas}")
         return self._apply(service, parked, progress)
 
-    def destroy(self, name: str, progress: Progress = _quiet) -> None:
-        client = self.client
-        service = self._find(name)
-        networks = client.networks.list(filters={"label": f"{NAME_LABEL}={name}"})
-        if service is None and lb.find(client, name) is None and not networks:
+    def destroy(self, name: str, progress: Progress = no_progress) -> None:
+        if not self._remove(name, progress):
             raise UnknownDeployment(name, self.name)
-        if service is not None:
-            service.remove()
-            progress(f"removed service {name}")
-        if lb.remove(client, name):
-            progress(f"removed load balancer {lb.container_name(name)}")
-        for network in networks:
-            self._remove_network(network)
-            progress(f"removed network {network.name}")
 
     def get(self, name: str) -> Deployment:
         return self._deployment(self._get(name))
@@ -158,21 +156,38 @@ class SwarmEngine(Engine):
             env=dict(options.env),
         )
         self._check_placement(plan)
-        if not client.networks.list(names=[plan.network]):
-            client.networks.create(plan.network, driver="overlay", attachable=True, labels={NAME_LABEL: name})
-            progress(f"created overlay network {plan.network}")
-        plan = replace(plan, url=self._balancer(plan, image.labels, options.publish, progress))
-        progress(f"creating service {name}: {plan.replicas} replica(s) of {image.ref}")
         try:
-            service = client.services.create(**service_kwargs(plan, self.settings))
-        except docker.errors.APIError as e:
-            self.destroy(name)
-            raise EngineUnavailable(f"creating service {name} failed: {e.explanation or e}") from e
-        try:
+            if not _networks(client, plan.network):
+                client.networks.create(plan.network, driver="overlay", attachable=True, labels={NAME_LABEL: name})
+                progress(f"created overlay network {plan.network}")
+            plan = replace(plan, url=self._balancer(plan, image.labels, options.publish, progress))
+            progress(f"creating service {name}: {plan.replicas} replica(s) of {image.ref}")
+            try:
+                service = client.services.create(**service_kwargs(plan, self.settings))
+            except docker.errors.APIError as e:
+                raise EngineUnavailable(f"creating service {name} failed: {e.explanation or e}") from e
             return self._converge(service, plan, None, progress, creating=True)
-        except DeployError as e:
-            self.destroy(name)
-            raise DeployError(f"{e.message}; nothing is deployed as {name}", e.hint) from e
+        except BaseException as e:  # interrupted too: nothing half-made is left behind
+            self._remove(name, no_progress)
+            if isinstance(e, DeployError):
+                e.message += f"; nothing is deployed as {name}"
+            raise
+
+    def _remove(self, name: str, progress: Progress) -> bool:
+        """Remove the service, its load balancer and its network; whether there was any of them."""
+        client = self.client
+        service = self._find(name)
+        networks = client.networks.list(filters={"label": f"{NAME_LABEL}={name}"})
+        if service is not None:
+            service.remove()
+            progress(f"removed service {name}")
+        balancer = lb.remove(client, name)
+        if balancer:
+            progress(f"removed load balancer {lb.container_name(name)}")
+        for network in networks:
+            self._remove_network(network)
+            progress(f"removed network {network.name}")
+        return service is not None or balancer or bool(networks)
 
     def _apply(self, service: Any, plan: Plan, progress: Progress) -> Deployment:
         service.reload()
@@ -269,22 +284,22 @@ class SwarmEngine(Engine):
             status = service.attrs.get("UpdateStatus")
             state = (status or {}).get("State") if status != before else None
             if state in {"rollback_completed", "rollback_paused", "paused"}:
-                return "rolled back", self._cause(service)
+                return "rolled back", swarm_tasks.cause(service)
             tasks = service.tasks()
             template = service.attrs["Spec"]["TaskTemplate"]
             live = [t for t in tasks if t["DesiredState"] == "running"]
-            new = [t for t in tasks if _runs(t, template)]
-            running = [t for t in live if t["Status"]["State"] == "running" and _runs(t, template)]
+            new = [t for t in tasks if swarm_tasks.runs(t, template)]
+            running = [t for t in live if t["Status"]["State"] == "running" and swarm_tasks.runs(t, template)]
             for t in live:
                 if t["Status"]["State"] == "pending" and "no suitable node" in t["Status"].get("Err", ""):
                     if time.monotonic() - unplaced.setdefault(t["ID"], time.monotonic()) > self.settings.placement_wait:
                         return "unplaced", t["Status"]["Err"]
             if fast and state not in {"rollback_started"} and len(running) < plan.replicas:
-                failed = self._setup_failed(service, new)
+                failed = swarm_tasks.setup_failed(service, new)
                 if failed:
                     return "unhealthy", failed
                 if creating and not running and any(t["Status"]["State"] in {"failed", "rejected"} for t in new):
-                    return "unhealthy", self._cause(service)
+                    return "unhealthy", swarm_tasks.cause(service)
             if state in {None, "completed"} and len(running) == len(live) == plan.replicas:
                 return "ok", ""
             if time.monotonic() > deadline:
@@ -317,62 +332,8 @@ class SwarmEngine(Engine):
         )
 
     def _check_placement(self, plan: Plan) -> None:
-        if not plan.node:
-            return
-        expression = constraint(plan.node)
-        nodes = [
-            n
-            for n in self.client.api.nodes()
-            if n.get("Status", {}).get("State") == "ready" and n.get("Spec", {}).get("Availability") == "active"
-        ]
-        verdicts = [meets(n, expression) for n in nodes]
-        if None in verdicts or any(verdicts):
-            return  # met, or not something checked here: the scheduler decides (and _converge reports)
-        names = ", ".join(_describe(n) for n in nodes) or "none"
-        raise PlacementError(
-            f"no node meets --node {plan.node!r} ({expression}); ready nodes: {names}",
-            "label a node (`docker node update --label-add K=V NODE`) or pick another constraint",
-        )
-
-    def _task_logs(self, service: Any, tasks: Sequence[Mapping[str, Any]]) -> Mapping[str, Sequence[str]]:
-        """The log lines of ``tasks`` (by task id), read through the service's log (any node's tasks)."""
-        ids = {t["ID"] for t in tasks}
-        lines: dict[str, builtins.list[str]] = {}
-        if not ids:
-            return lines
-        try:
-            for chunk in service.logs(details=True, stdout=True, stderr=True, tail=200):
-                details, _, message = chunk.decode(errors="replace").rstrip().partition(" ")
-                task = dict(p.partition("=")[::2] for p in details.split(",")).get("com.docker.swarm.task.id")
-                if isinstance(task, str) and task in ids and message.strip():
-                    lines.setdefault(task, []).append(message.strip())
-        except docker.errors.APIError:
-            pass
-        return lines
-
-    def _setup_failed(self, service: Any, tasks: Sequence[Mapping[str, Any]]) -> str | None:
-        """The runtime's ``setup failed: cell N raised …`` line, from the first of ``tasks`` that logged one."""
-        starting = [t for t in tasks if t["Status"]["State"] in {"starting", "running", "failed"}]
-        for messages in self._task_logs(service, starting).values():
-            for message in messages:
-                if message.startswith("setup failed"):
-                    return str(message)
-        return None
-
-    def _cause(self, service: Any) -> str:
-        """Why the latest failed tasks failed: the runtime's own log line where it wrote one."""
-        failed = [t for t in service.tasks() if t["Status"]["State"] in _ENDED and t["Status"].get("Err")]
-        failed.sort(key=lambda t: str(t["Status"].get("Timestamp", "")), reverse=True)
-        failed = failed[:5]
-        logs = self._task_logs(service, failed)
-        for t in failed:
-            setup = [m for m in logs.get(t["ID"], []) if m.startswith("setup failed")]
-            if setup:
-                return setup[-1]
-        for t in failed:
-            if logs.get(t["ID"]):
-                return f"{t['Status']['Err']}; its log ends: {logs[t['ID']][-1]}"
-        return str(failed[0]["Status"]["Err"]) if failed else "its tasks failed (see `docker service ps`)"
+        if plan.node:
+            check_placement(self.client.api.nodes(), plan.node)
 
     # -- reading ------------------------------------------------------------------------------------------
 
@@ -427,13 +388,21 @@ class SwarmEngine(Engine):
         while True:
             try:
                 network.remove()
-                return
+                break
             except docker.errors.NotFound:
-                return
+                break
             except docker.errors.APIError:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
+        # gone from the managers first, from this node's list a moment later: a deploy of the same name
+        # right after must not find the old one
+        while _networks(self.client, network.name) and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+
+def _networks(client: Any, name: str) -> list[Any]:
+    return [n for n in client.networks.list(names=[name]) if n.name == name]  # the filter matches substrings
 
 
 def check_manager(client: Any) -> None:
@@ -443,18 +412,6 @@ def check_manager(client: Any) -> None:
             "this Docker is not a swarm manager",
             "run `docker swarm init` (scripts/docker-setup does, for one machine), or point DOCKER_HOST at a manager",
         )
-
-
-def _runs(task: Mapping[str, Any], template: Mapping[str, Any]) -> bool:
-    """Whether ``task`` was made from the service's current task template (Swarm copies it into each task)."""
-    spec = task["Spec"]
-    return all(spec.get(k) == v for k, v in template.items() if k != "Runtime")  # Runtime: a default it adds
-
-
-def _describe(node: Mapping[str, Any]) -> str:
-    labels = node.get("Spec", {}).get("Labels") or {}
-    shown = ", ".join(f"{k}={v}" for k, v in sorted(labels.items())) or "no labels"
-    return f"{node.get('Description', {}).get('Hostname')} ({shown})"
 
 
 register("swarm", SwarmEngine)

@@ -16,7 +16,7 @@ from typing import Any
 
 import docker.types
 
-from .engine import DeployError
+from .engine import DeployError, PlacementError
 from .labels import ImageInfo, ImageResources
 
 PREFIX = "nb2svc.deploy."
@@ -190,6 +190,30 @@ def meets(node: Mapping[str, Any], expression: str) -> bool | None:
     else:
         return None
     return (actual == value) if op == "==" else (actual != value)
+
+
+def check_placement(nodes: list[Mapping[str, Any]], node: str) -> None:
+    """Raise :class:`PlacementError` when no ready, active node (as the API lists them) meets ``node``."""
+    expression = constraint(node)
+    ready = [
+        n
+        for n in nodes
+        if n.get("Status", {}).get("State") == "ready" and n.get("Spec", {}).get("Availability") == "active"
+    ]
+    verdicts = [meets(n, expression) for n in ready]
+    if None in verdicts or any(verdicts):
+        return  # met, or not something checked here: the scheduler decides (and deploy reports it)
+    names = ", ".join(_describe(n) for n in ready) or "none"
+    raise PlacementError(
+        f"no node meets --node {node!r} ({expression}); ready nodes: {names}",
+        "label a node (`docker node update --label-add K=V NODE`) or pick another constraint",
+    )
+
+
+def _describe(node: Mapping[str, Any]) -> str:
+    labels = node.get("Spec", {}).get("Labels") or {}
+    shown = ", ".join(f"{k}={v}" for k, v in sorted(labels.items())) or "no labels"
+    return f"{node.get('Description', {}).get('Hostname')} ({shown})"
 
 
 _UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
