@@ -12,12 +12,16 @@ import asyncio
 import json
 import logging
 import re
+import shutil
+import tempfile
 import time
 from dataclasses import replace
-from typing import Any, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..openapi import openapi_document
 from ..spec import ServiceSpec
+from ..types import is_path
 from .config import Config
 from .errors import HTTPError
 from .http import Handler, Reply, Request, too_large
@@ -26,10 +30,13 @@ from .metrics import CONTENT_TYPE, Metrics
 from .predictions import new_id
 from .predictions.feedback import FeedbackReader, service_meta
 from .predictions.recorder import LogSettings, LogUnavailable, Recorder
-from .runs_api import TrainingAPI
 from .serving import ServingExecutor
-from .training import TrainingExecutor
 from .validation import Validator
+
+if TYPE_CHECKING:  # imported where a training service is made: papermill costs a serving start 0.5 s
+    from .references import References
+    from .runs_api import TrainingAPI
+    from .training import TrainingExecutor
 
 __all__ = ["Core", "Handler", "Reply", "Request", "Serving", "too_large"]
 
@@ -64,6 +71,11 @@ class Core:
         self._openapi = json.dumps(openapi_document(spec), separators=(",", ":")).encode()
         api: _ServingAPI | TrainingAPI
         self.predictions: Recorder | None = None  # serving: the prediction log's buffer and writer
+        self.references: References | None = None  # serving: Path parameters, fetched before the worker sees them
+        if spec.kind == "serving" and any(is_path(p.type) for p in spec.parameters):
+            from .references import References
+
+            self.references = References(spec, config)
         if spec.kind == "serving":
             if serving is None:  # NB2SVC_WORKERS=0 trades crash isolation and timeouts for one process hop less
                 serving = InProcessExecutor(spec, config) if config.workers == 0 else ServingExecutor(spec, config)
@@ -71,6 +83,9 @@ class Core:
             self.predictions = api.recorder
             self.metrics.track_predictions(api.recorder)
         else:
+            from .runs_api import TrainingAPI
+            from .training import TrainingExecutor
+
             api = TrainingAPI(TrainingExecutor(spec, config), self.parameters, spec.name)
             self.metrics.track_runs(api.executor.counts)
         self.executor: Serving | TrainingExecutor = api.executor
@@ -96,11 +111,16 @@ class Core:
         """Answer one request; never raises, always JSON on error."""
         started = time.perf_counter()
         template = "unmatched"
+        scratch = None
         try:
             template, handler, params = self._route(request)
             if len(request.body) > _PARSE_INLINE and (request.method, template) in _TAKES_PARAMETERS:
                 # A large body is read and checked in a thread: other requests (and /health) go on meanwhile.
                 request = replace(request, values=await asyncio.to_thread(self.parameters, request))
+            if self.references is not None and (request.method, template) == ("POST", "/invoke"):
+                scratch = tempfile.mkdtemp(prefix="nb2svc-inputs-")  # removed once answered
+                values = await self.references.bind(self.parameters(request), Path(scratch))
+                request = replace(request, values=values)
             reply = await handler(request, params)
         except HTTPError as e:
             reply = self._error(e)
@@ -109,6 +129,9 @@ class Core:
             self.metrics.errors.labels("internal_error").inc()
             body = {"error": "internal_error", "message": "nb2svc failed unexpectedly; see the service log"}
             reply = Reply.json(body, 500)
+        finally:
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
         self.metrics.observe(template, request.method, reply.status, time.perf_counter() - started)
         reply.headers[INSTANCE_HEADER] = self.config.instance
         return reply

@@ -11,8 +11,10 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import msgspec
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError
+
+if typing.TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import ValidationError
 
 from ..spec import ServiceSpec
 from ..types import AnyValue, DictOf, ListOf, Scalar, Type
@@ -96,8 +98,14 @@ class Validator:
     def __init__(self, spec: ServiceSpec) -> None:
         self.spec = spec
         self._schema = spec.input_schema()
-        self._validator = Draft202012Validator(self._schema)
         self._decoder = _typed_decoder(spec)
+        self._jsonschema: Draft202012Validator | None = None
+
+    @property
+    def _validator(self) -> Draft202012Validator:
+        if self._jsonschema is None:  # imported on the first slow path only: jsonschema costs seconds to import
+            self._jsonschema = _json_schema_validator(self._schema)
+        return self._jsonschema
 
     def parse(self, body: bytes) -> dict[str, Any]:
         """A request body to the Python values of the given fields, or a 400 or 422."""
@@ -187,15 +195,27 @@ class Validator:
         return [_item(["body", *path], field, "invalid", _message(e, expected), expected, e.instance)]
 
 
+def _json_schema_validator(schema: dict[str, Any]) -> Draft202012Validator:
+    from jsonschema import Draft202012Validator
+
+    return Draft202012Validator(schema)
+
+
+def _struct(name: str, decls: Any, optional: bool, forbid_unknown: bool = True) -> Any:
+    """A msgspec Struct type for declarations (parameters or outputs); NotImplementedError where one has no form."""
+    fields: list[Any] = [
+        (d.name, _msgspec_type(d.type))
+        if not optional or d.required
+        else (d.name, _msgspec_type(d.type), msgspec.UNSET)
+        for d in decls
+    ]
+    return msgspec.defstruct(name, fields, kw_only=True, forbid_unknown_fields=forbid_unknown)
+
+
 def _typed_decoder(spec: ServiceSpec) -> msgspec.json.Decoder[Any] | None:
     """A msgspec decoder for the spec's parameters, or None where a type has no exact msgspec form."""
     try:
-        fields: list[Any] = [
-            (p.name, _msgspec_type(p.type)) if p.required else (p.name, _msgspec_type(p.type), msgspec.UNSET)
-            for p in spec.parameters
-        ]
-        struct = msgspec.defstruct("Parameters", fields, kw_only=True, forbid_unknown_fields=True)
-        return msgspec.json.Decoder(struct)
+        return msgspec.json.Decoder(_struct("Parameters", spec.parameters, optional=True))
     except (TypeError, ValueError, NotImplementedError):
         return None
 
@@ -279,16 +299,30 @@ class OutputChecker:
 
     def __init__(self, spec: ServiceSpec) -> None:
         self._names = [o.name for o in spec.outputs]
-        self._validator = Draft202012Validator(spec.output_schema())
+        self._schema = spec.output_schema()
+        self._jsonschema: Draft202012Validator | None = None
+        try:  # training notebooks may record more outputs (scrapbook's glue) than the cell declares
+            self._struct: Any = _struct("Outputs", spec.outputs, optional=False, forbid_unknown=spec.kind == "serving")
+        except (TypeError, ValueError, NotImplementedError):
+            self._struct = None
 
     def problems(self, outputs: Mapping[str, Any]) -> str | None:
         """None when the outputs are as declared, else what is wrong with them, for the error body."""
         missing = [f"output {n!r} was not assigned" for n in self._names if n not in outputs]
         if missing:
             return "; ".join(missing)
-        if self._validator.is_valid(outputs):
+        if self._struct is not None:
+            try:
+                msgspec.convert(outputs, self._struct)
+                return None
+            except msgspec.ValidationError:
+                pass  # JSON Schema decides, and says what is wrong
+        if self._jsonschema is None:
+            self._jsonschema = _json_schema_validator(self._schema)
+        if self._jsonschema.is_valid(outputs):
             return None
         bad = [
-            f"output {'/'.join(map(str, e.absolute_path))!r}: {e.message}" for e in self._validator.iter_errors(outputs)
+            f"output {'/'.join(map(str, e.absolute_path))!r}: {e.message}"
+            for e in self._jsonschema.iter_errors(outputs)
         ]
         return "; ".join(bad) + " (the outputs cell's annotation disagrees)"
