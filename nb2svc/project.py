@@ -27,7 +27,7 @@ from .spec import KINDS, Kind
 
 CONFIG_FILE = "nb2svc.yaml"
 DEFAULT_GLOB = "**/*.ipynb"
-_TOP_KEYS = ("registry", "base", "backend", "notebooks")
+_TOP_KEYS = ("registry", "base", "backend", "notebooks", "monitor")  # monitor: read by nb2svc.monitor.config
 _ENTRY_KEYS = ("path", "kind", "backend")
 # host[:port] then lowercase path components, as Docker's reference grammar allows
 _REGISTRY = re.compile(r"^[A-Za-z0-9.-]+(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*$")

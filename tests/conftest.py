@@ -231,6 +231,15 @@ class Postgres:
         self.bindir, self.data, self.port = bindir, data, port
         self.url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
 
+    def database(self, name: str) -> str:
+        """A new, empty database (one per test: tests of one session share the server); its URL."""
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as db:
+            db.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            db.execute(f'CREATE DATABASE "{name}"')
+        return self.url.rsplit("/", 1)[0] + "/" + name
+
     def _pg(self, *args: str) -> None:
         # initdb and the server refuse to run as root: the tests run as root, the server as user postgres
         cmd = [str(self.bindir / args[0]), *args[1:]]

@@ -119,7 +119,8 @@ def test_errors_are_not_predictions(serve: Any, scorer: Path, tmp_path: Path) ->
 
 
 def test_two_replicas_share_one_postgresql_log(serve: Any, scorer: Path, postgres: Postgres) -> None:
-    env = {"NB2SVC_LOG_URL": postgres.url}
+    log = postgres.database("feedback_replicas")
+    env = {"NB2SVC_LOG_URL": log}
     a = serve(scorer, {**env, "NB2SVC_INSTANCE": "replica-a"})
     b = serve(scorer, {**env, "NB2SVC_INSTANCE": "replica-b"})
     answers = [svc.post("/invoke", {"x": float(i), "colour": "blue"}) for i in range(50) for svc in (a, b)]
@@ -130,7 +131,7 @@ def test_two_replicas_share_one_postgresql_log(serve: Any, scorer: Path, postgre
     assert a.post("/feedback", {"prediction_id": first_b, "truth": {"label": "neg"}}).status_code == 204
     _wait_logged(a, 50)
     _wait_logged(b, 50)
-    db = open_log(postgres.url)
+    db = open_log(log)
     rows = {r.id: r for r in db.read("scorer") if r.id in set(ids)}
     db.close()
     assert set(rows) == set(ids)

@@ -4,7 +4,7 @@ The group and the exception → message → exit code mapping live in :mod:`._ba
 below adds its commands to it.
 """
 
-from . import compile, deploy, image, models, publish  # noqa: F401  # each registers its commands on main
+from . import compile, deploy, image, models, monitor, publish  # noqa: F401  # each registers its commands on main
 from ._base import main
 
 __all__ = ["main"]
