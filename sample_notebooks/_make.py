@@ -9,7 +9,7 @@ torch, scikit-learn, Keras 3 and Talos); their data is scikit-learn's bundled di
 is downloaded when they run:
 
 - `train_torch` (training) fits a small torch MLP to the digits and writes `weights.pt`,
-  `metadata.json` and `holdout.json`;
+  `metadata.json`, `holdout.json` and `profile.json` (the reference for `nb2svc monitor`);
 - `sweep_keras_talos` (training) runs a Talos scan over Keras 3 models on the torch backend;
 - `serve_classifier` (serving) loads what `train_torch` wrote (`$CLASSIFIER_MODEL_DIR`, default
   `artifacts`) and classifies batches of digits.
@@ -355,7 +355,7 @@ from scikit-learn's bundled *digits* data set (1,797 images of 8x8 pixels, 16 gr
 ships inside scikit-learn, so nothing is downloaded). A seeded split keeps a quarter of the images
 out of training; the accuracy and loss reported are measured on them.
 
-The run writes three files to the artifacts folder, everything a serving notebook needs
+The run writes four files to the artifacts folder, everything a serving notebook needs
 (`serve_classifier.ipynb` loads them):
 
 | File | What |
@@ -363,6 +363,7 @@ The run writes three files to the artifacts folder, everything a serving noteboo
 | `weights.pt` | the model's `state_dict` (`torch.load(path, weights_only=True)`) |
 | `metadata.json` | classes, input size, feature scaling, architecture, parameters, metrics |
 | `holdout.json` | the held-out images, their true labels and this model's predictions |
+| `profile.json` | a sample of the training images, the reference `nb2svc monitor` compares requests with |
 
 ```
 nb2svc serve sample_notebooks/train_torch.ipynb
@@ -548,7 +549,25 @@ holdout = {
     "labels": [int(v) for v in y_test],
     "predicted": predicted.tolist(),
 }
-(artifacts / "holdout.json").write_text(json.dumps(holdout) + "\\n")
+(artifacts / "holdout.json").write_text(json.dumps(holdout) + "\\n")""",
+    (
+        "md",
+        """\
+## A profile of the training data, for `nb2svc monitor`
+
+`profile.json` keeps a sample of the training images (at most 1,000, raw grey levels) as a request to
+`serve_classifier` sends them: `features[0]` is the first image of a request's batch. With
+`nb2svc monitor --reference URL/runs/ID`, what the served model is asked is compared with the data it
+was trained on, pixel by pixel, rather than with its first users' requests. Without nb2svc installed
+(plain Jupyter) the notebook runs the same and writes no profile.""",
+    ),
+    """\
+try:
+    from nb2svc.profile import write_profile
+except ImportError:  # nb2svc is not installed here: no profile, nothing else changes
+    write_profile = None
+if write_profile is not None:
+    write_profile({"features[0]": x_train}, artifacts / "profile.json", seed=seed)
 sorted(p.name for p in artifacts.iterdir())""",
     ("md", "## Outputs\n\nWhat a run reports (`GET /runs/{id}` → `outputs`)."),
     (

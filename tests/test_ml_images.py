@@ -58,7 +58,12 @@ def _train(client: Any, image: str, runs: Path, containers: list[str], params: d
     assert status["outputs"]["accuracy"] > 0.85, status["outputs"]  # ten digits: chance is 0.1
     client.containers.get(running.container_id).remove(force=True)
     artifacts = runs / run_id / "artifacts"
-    assert sorted(p.name for p in artifacts.iterdir()) == ["holdout.json", "metadata.json", "weights.pt"]
+    assert sorted(p.name for p in artifacts.iterdir()) == [
+        "holdout.json",
+        "metadata.json",
+        "profile.json",
+        "weights.pt",
+    ]
     return artifacts
 
 

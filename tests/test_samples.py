@@ -22,7 +22,7 @@ from .conftest import ROOT, Service, conforms
 pytestmark = pytest.mark.slow
 
 SAMPLES = ROOT / "sample_notebooks"
-ARTIFACTS = ["holdout.json", "metadata.json", "weights.pt"]
+ARTIFACTS = ["holdout.json", "metadata.json", "profile.json", "weights.pt"]
 # Small enough for a few seconds on 2 cores; still far above chance (0.1 for ten digits).
 TORCH_PARAMS = {"epochs": 12, "learning_rate": 0.005, "hidden_sizes": [32], "batch_size": 32, "seed": 3}
 

@@ -162,14 +162,12 @@ class Recorder:
             first = self._queue.get(timeout=_LINGER)
         except queue.Empty:
             return []
+        # Then let rows gather rather than wake for each one: one wake-up (and one GIL hand-off) per batch.
+        self._stop.wait(_LINGER)
         batch = [first]
-        deadline = time.monotonic() + _LINGER
         while len(batch) < self._batch:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or self._stop.is_set():
-                break
             try:
-                batch.append(self._queue.get(timeout=remaining))
+                batch.append(self._queue.get_nowait())
             except queue.Empty:
                 break
         return [_row(item) for item in batch]
