@@ -300,8 +300,9 @@ class SwarmEngine(Engine):
                     return "unhealthy", failed
                 if creating and not running and any(t["Status"]["State"] in {"failed", "rejected"} for t in new):
                     return "unhealthy", swarm_tasks.cause(service)
-            if state in {None, "completed"} and len(running) == len(live) == plan.replicas:
-                return "ok", ""
+            parked = plan.replicas > 0 or not any(t["Status"]["State"] == "running" for t in tasks)
+            if state in {None, "completed"} and len(running) == len(live) == plan.replicas and parked:
+                return "ok", ""  # parked: its replicas have stopped, not only been told to
             if time.monotonic() > deadline:
                 raise EngineUnavailable(
                     f"{plan.name} did not converge within {self.settings.timeout:g} s",
