@@ -45,6 +45,8 @@ RUNTIME_REQUIREMENTS = (
     "prometheus-client>=0.20",
     "msgspec>=0.18",
     "psycopg[binary]>=3.1",  # NB2SVC_LOG_URL=postgresql://: replicas share one prediction log
+    "redis>=5.0",  # NB2SVC_QUEUE_URL=redis://: training replicas share one queue (`--replicas 2` just works)
+    "boto3>=1.34",  # NB2SVC_STORAGE_URL=s3:// and s3:// references
 )
 
 # pip settings that mean the same inside a container; find-links, constraints and file:// indexes name host

@@ -152,7 +152,8 @@ def _common_errors(*codes: int) -> dict[str, JSON]:
         413: "the body is larger than the service accepts",
         422: "the parameters are invalid: each bad field is named",
         500: "the notebook raised: the cell, the exception's name and message",
-        503: "the service is starting, its setup failed, or the queue is full",
+        503: "the service is starting, its setup failed, the queue is full, or the shared run store "
+        "(NB2SVC_QUEUE_URL) cannot be reached: `cause` says which",
         504: "the notebook did not finish within the timeout",
     }
     return {str(c): _error(texts[c]) for c in codes}
@@ -198,7 +199,10 @@ def _serving_paths(spec: ServiceSpec) -> dict[str, JSON]:
 def _training_paths(spec: ServiceSpec) -> dict[str, JSON]:
     run_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
     run = _json("the run", "Run")
-    not_started = _error("the run has not started (queued, or cancelled before it started): no notebook yet")
+    not_started = _error(
+        "the run has not started (queued, or cancelled before it started): no notebook yet; or, with object "
+        "storage (NB2SVC_STORAGE_URL), it is running on another instance and its notebook is stored when it ends"
+    )
     return {
         "/runs": {
             "post": {
@@ -251,7 +255,7 @@ def _training_paths(spec: ServiceSpec) -> dict[str, JSON]:
                         },
                         "content": {"application/json": {"schema": {"$ref": _REF + "RunList"}}},
                     },
-                    **_common_errors(422),
+                    **_common_errors(422, 503),
                 },
             },
         },
@@ -259,13 +263,16 @@ def _training_paths(spec: ServiceSpec) -> dict[str, JSON]:
             "get": {
                 "operationId": "get_run",
                 "parameters": [run_id],
-                "responses": {"200": run, **_common_errors(404)},
+                "responses": {"200": run, **_common_errors(404, 503)},
             },
             "delete": {
                 "operationId": "delete_run",
                 "summary": "Cancel the run if it has not finished, then delete it and its files",
                 "parameters": [run_id],
-                "responses": {"200": _json("the run as it ended; it is gone now", "Run"), **_common_errors(404)},
+                "responses": {
+                    "200": _json("the run as it ended; it is gone now", "Run"),
+                    **_common_errors(404, 503),
+                },
             },
         },
         "/runs/{id}/cancel": {
@@ -273,7 +280,7 @@ def _training_paths(spec: ServiceSpec) -> dict[str, JSON]:
                 "operationId": "cancel_run",
                 "summary": "Cancel a queued or running run",
                 "parameters": [run_id],
-                "responses": {"200": _json("the run, cancelled", "Run"), **_common_errors(404, 409)},
+                "responses": {"200": _json("the run, cancelled", "Run"), **_common_errors(404, 409, 503)},
             }
         },
         "/runs/{id}/notebook": {
@@ -286,7 +293,7 @@ def _training_paths(spec: ServiceSpec) -> dict[str, JSON]:
                         "description": "the notebook",
                         "content": {"application/x-ipynb+json": {"schema": {"type": "object"}}},
                     },
-                    **_common_errors(404),
+                    **_common_errors(404, 503),
                     "409": not_started,
                 },
             }
@@ -303,7 +310,7 @@ def _training_paths(spec: ServiceSpec) -> dict[str, JSON]:
                         "description": "the file",
                         "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
                     },
-                    **_common_errors(404),
+                    **_common_errors(404, 503),
                 },
             }
         },
@@ -318,7 +325,7 @@ def openapi_document(spec: ServiceSpec) -> dict[str, Any]:
             "operationId": "health",
             "responses": {
                 "200": _json("setup is done", "Health"),
-                "503": _json("setup is running or failed", "Health"),
+                "503": _json("setup is running or failed; training: or its run store cannot be reached", "Health"),
             },
         }
     }

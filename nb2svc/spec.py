@@ -114,8 +114,8 @@ class ServiceSpec:
 
 def _property(d: Declaration) -> dict[str, JSON]:
     s = d.type.schema()
-    if d.help:
-        s["description"] = d.help
+    if d.help:  # before what the type says of itself (a Path's URL schemes)
+        s["description"] = f"{d.help}. {s['description']}" if "description" in s else d.help
     if d.has_default:
         if d.required:
             s["examples"] = [d.default]

@@ -134,12 +134,35 @@ class Literal(Type):
         return f"Literal[{', '.join(repr(v) for v in self.values)}]"
 
 
+@dataclass(frozen=True)
+class FilePath(Type):
+    """``pathlib.Path``: a local path in Jupyter (the default); over HTTP a URL the runtime fetches and binds
+    as the local file's path, a ``str`` (runtime/references.py)."""
+
+    def schema(self) -> dict[str, JSON]:
+        return {"type": "string", "format": "uri", "description": PATH_DESCRIPTION}
+
+    def python(self) -> str:
+        return "Path"
+
+
+def is_path(t: Type) -> bool:
+    """``Path`` or ``Optional[Path]``: a parameter the runtime fetches (runtime/references.py)."""
+    return isinstance(t.inner if isinstance(t, Optional) else t, FilePath)
+
+
+PATH_DESCRIPTION = (
+    "a file, by reference: an https://, http:// or s3:// URL, fetched by the service before the notebook runs "
+    "(file:// and local paths only where the service sets NB2SVC_ALLOW_FILE_URLS)"
+)
+
+
 def _name_of(node: ast.expr) -> str | None:
     """``int`` → "int", ``typing.List`` → "List", anything else → None."""
     if isinstance(node, ast.Name):
         return node.id
     if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
-        if node.value.id in {"typing", "t", "builtins"}:
+        if node.value.id in {"typing", "t", "builtins"} or (node.value.id, node.attr) == ("pathlib", "Path"):
             return node.attr
     return None
 
@@ -154,6 +177,29 @@ def _is_none(node: ast.expr) -> bool:
 
 def parse_annotation(node: ast.expr) -> Type:
     """Read an annotation's AST into a :class:`Type`, or raise :class:`TypeNotSupported`."""
+    t = _parse(node)
+    inner = t.inner if isinstance(t, Optional) else t
+    if not isinstance(inner, FilePath) and _holds_path(inner):
+        raise TypeNotSupported(
+            f"type {ast.unparse(node)!r}: Path is a parameter's own type (or Optional[Path]), not inside a list or dict"
+        )
+    return t
+
+
+def _holds_path(t: Type) -> bool:
+    match t:
+        case FilePath():
+            return True
+        case ListOf(item):
+            return _holds_path(item)
+        case DictOf(value):
+            return _holds_path(value)
+        case Optional(inner):
+            return _holds_path(inner)
+    return False
+
+
+def _parse(node: ast.expr) -> Type:
     text = ast.unparse(node)
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
         try:  # a string annotation: "list[int]"
@@ -171,6 +217,8 @@ def parse_annotation(node: ast.expr) -> Type:
         return DictOf(AnyValue())
     if name == "Any":
         return AnyValue()
+    if name == "Path":
+        return FilePath()
     if isinstance(node, ast.Subscript):
         base = _name_of(node.value)
         args = _args(node.slice)
@@ -261,8 +309,8 @@ def check_value(t: Type, value: Any) -> bool:
             return isinstance(value, int) and not isinstance(value, bool)
         case Scalar("float"):
             return isinstance(value, int | float) and not isinstance(value, bool)
-        case Scalar("str"):
-            return isinstance(value, str)
+        case Scalar("str") | FilePath():
+            return isinstance(value, str)  # a Path's default is a str, as Jupyter binds it
         case ListOf(item):
             return isinstance(value, list | tuple) and all(check_value(item, v) for v in value)
         case DictOf(v):

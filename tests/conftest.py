@@ -282,3 +282,101 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
         with contextlib.suppress(subprocess.CalledProcessError):
             server.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+class RedisServer:
+    """Debian's redis-server of the tests' own, on 127.0.0.1 in a temporary folder (AOF on, no RDB snapshots):
+    a stop and a start keep its data, as a production Redis with persistence does."""
+
+    def __init__(self, binary: str, folder: Path) -> None:
+        self.binary, self.folder, self.port = binary, folder, free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RedisServer:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder), "--save", ""]
+        args += ["--appendonly", "yes", "--appendfsync", "always", "--protected-mode", "no", "--loglevel", "warning"]
+        self.proc = subprocess.Popen([self.binary, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(100):
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return self
+            time.sleep(0.05)
+        raise AssertionError("redis-server never answered")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()  # SIGTERM: Redis writes its AOF and exits
+            self.proc.wait(15)
+
+    def flush(self) -> None:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+            s.sendall(b"FLUSHALL\r\n")
+            assert s.recv(16).startswith(b"+OK")
+
+
+def _redis_binary() -> str:
+    found = shutil.which("redis-server")
+    if found is None:
+        pytest.skip("redis-server is not installed (scripts/services-setup installs Debian's redis-server)")
+    return found
+
+
+@pytest.fixture(scope="session")
+def redis_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(_redis_binary(), tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_session: RedisServer) -> str:
+    """A shared Redis for one test, emptied first (every test's services use the same key prefixes)."""
+    redis_session.flush()
+    return redis_session.url
+
+
+@pytest.fixture
+def redis_own(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of this test's own, which the test may stop and start."""
+    server = RedisServer(_redis_binary(), tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[dict[str, str]]:
+    """moto's standalone S3 server on 127.0.0.1 (no S3 is packaged for these machines); the AWS settings
+    that point boto3 at it. Each test makes its own bucket."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    yield env
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: dict[str, str], request: pytest.FixtureRequest) -> tuple[Any, str, dict[str, str]]:
+    """(boto3 client, bucket name, env) for one test's own bucket on the moto server."""
+    import boto3
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3_server["AWS_ENDPOINT_URL"],
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",  # noqa: S106  # moto accepts any
+        region_name="us-east-1",
+    )
+    bucket = "nb2svc-" + request.node.name.lower().replace("_", "-")[:40].strip("-")
+    client.create_bucket(Bucket=bucket)
+    return client, bucket, s3_server

@@ -53,6 +53,14 @@ CASES: dict[str, Callable[[Path], list[Path]]] = {
     "training": lambda out: write_manifests(
         image_info(NOTEBOOKS / "training.ipynb", ref="127.0.0.1:5000/team/train:v2"), "train", out
     ),
+    # replicas sharing one queue and run store in Redis (SPEC section 7), files on a ReadWriteMany volume
+    "training_shared": lambda out: write_manifests(
+        image_info(NOTEBOOKS / "training.ipynb", ref="127.0.0.1:5000/team/train:v2"),
+        "train",
+        out,
+        replicas=3,
+        queue_url="redis://train-redis:6379/0",
+    ),
     # gpu, cpu, memory and timeout from metadata.nb2svc; pinned to a zone; settings that look like YAML and $(refs)
     "gpu": lambda out: write_manifests(
         image_info(NOTEBOOKS / "k8s_gpu_resources.ipynb", digest=DIGEST),
@@ -162,7 +170,7 @@ def test_the_kustomization_lists_every_manifest_written_and_labels_them(case: st
     assert labels["includeSelectors"] is False  # a new commit must not change the immutable selector
     pairs = labels["pairs"]
     assert pairs["app.kubernetes.io/managed-by"] == "nb2svc" and pairs["nb2svc.git.commit"] == COMMIT
-    assert pairs["nb2svc.kind"] == ("training" if case == "training" else "serving")
+    assert pairs["nb2svc.kind"] == ("training" if case.startswith("training") else "serving")
     assert len(pairs["nb2svc.notebook.sha256"]) == 63  # a label value's limit; the annotation has all 64
     deployment = docs["deployment.yaml"]
     sha = deployment["metadata"]["annotations"]["nb2svc.notebook.sha256"]
@@ -374,6 +382,21 @@ def test_training_with_more_replicas_than_its_store_allows_is_refused(tmp_path: 
     with pytest.raises(Nb2svcError) as e:
         write_manifests(image_info(NOTEBOOKS / "training.ipynb"), "train", tmp_path, replicas=3)
     assert "train" in e.value.message and "--replicas 1" in (e.value.hint or "")
+
+
+def test_training_on_a_shared_queue_runs_many_replicas_on_a_read_write_many_volume(tmp_path: Path) -> None:
+    docs = manifests(CASES["training_shared"](tmp_path))
+    assert set(docs) == {"kustomization.yaml", "deployment.yaml", "service.yaml", "pvc.yaml", "pdb.yaml"}
+    assert docs["pvc.yaml"]["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert effective_env(container(docs))["NB2SVC_QUEUE_URL"] == "redis://train-redis:6379/0"
+    spec = docs["deployment.yaml"]["spec"]
+    assert spec["replicas"] == 3
+    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    assert "NB2SVC_QUEUE_URL" in (tmp_path / "kustomization.yaml").read_text()  # the note saying what it shares
+    for bad, kind in (("http://redis:6379", "training.ipynb"), ("redis://r:6379/0", "serving")):
+        notebook = NOTEBOOKS / kind if kind.endswith(".ipynb") else SAMPLES / "iris_nearest.ipynb"
+        with pytest.raises(Nb2svcError):
+            write_manifests(image_info(notebook), "train", tmp_path / "bad", queue_url=bad)
 
 
 # --- refusals -----------------------------------------------------------------------------------------------------

@@ -6,11 +6,11 @@ port, notebook, commit; see labels.py) decides the rest:
 
 - serving: a Deployment rolled out one new replica at a time (``maxSurge 1, maxUnavailable 0``), a
   Service, a CPU HorizontalPodAutoscaler (it owns the replica count), a PodDisruptionBudget.
-- training: the same without the autoscaler, one replica, recreated on update, and a
-  PersistentVolumeClaim for its runs folder. Each replica keeps its runs in its own embedded store, so
-  a second replica would answer 404 for the first one's runs, and a ReadWriteOnce volume cannot follow
-  a replica to another node. A shared queue (SPEC §7, ``NB2SVC_QUEUE_URL``) lifts both limits; it
-  belongs in :class:`_RunsStorage` (ReadWriteMany, replicas > 1, rolling update, an autoscaler).
+- training: the same without the autoscaler, and a PersistentVolumeClaim for its runs folder. Without a
+  queue: one replica, recreated on update (it keeps its runs in its own embedded store, so a second replica
+  would answer 404 for the first one's runs, and a ReadWriteOnce volume cannot follow a replica to another
+  node). With ``queue_url`` (SPEC §7, ``NB2SVC_QUEUE_URL``): any number of replicas share the queue and the
+  records in Redis and the files on a ReadWriteMany volume, rolled one replica at a time.
 """
 
 from __future__ import annotations
@@ -57,6 +57,10 @@ TRAINING_NOTE = (
     "# Training: no HorizontalPodAutoscaler. A run takes minutes to hours at full CPU, so a CPU target would\n"
     "# add replicas that share none of the runs (each keeps its own store) and remove them mid-run.\n"
 )
+SHARED_TRAINING_NOTE = (
+    "# Training on a shared queue (NB2SVC_QUEUE_URL): every replica takes runs from it and keeps files on the\n"
+    "# ReadWriteMany runs volume. No HorizontalPodAutoscaler: a CPU target would remove replicas mid-run.\n"
+)
 
 _DNS_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 _LABEL_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
@@ -71,11 +75,15 @@ class _RunsStorage:
     """Where a training service keeps its runs, and what that allows."""
 
     size: str
-    access_mode: str = "ReadWriteOnce"
+    queue_url: str | None = None  # a shared queue and run store (Redis): replicas share the runs
 
     @property
-    def max_replicas(self) -> int:
-        return 1  # one embedded store per replica: see the module's docstring
+    def access_mode(self) -> str:
+        return "ReadWriteMany" if self.queue_url else "ReadWriteOnce"
+
+    @property
+    def max_replicas(self) -> int | None:
+        return None if self.queue_url else 1  # one embedded store per replica: see the module's docstring
 
 
 def write_manifests(
@@ -87,12 +95,14 @@ def write_manifests(
     node: str | None = None,
     env: Mapping[str, str] | None = None,
     runs_size: str = "10Gi",
+    queue_url: str | None = None,
 ) -> list[Path]:
     """Write the kustomization for ``image`` as the service ``name`` into ``out``; return the files written.
 
     ``replicas`` defaults to 2 for serving (the autoscaler's minimum) and 1 for training. ``node`` pins the
     replicas (strict deployment): ``key=value`` for a node label, else a node's host name. ``env`` values
-    reach the container as they are (Kubernetes' ``$(VAR)`` references are escaped).
+    reach the container as they are (Kubernetes' ``$(VAR)`` references are escaped). ``queue_url``
+    (training: ``redis://…``) lets replicas share one queue and set of runs, on a ReadWriteMany volume.
     """
     _check_name(name)
     if not image.is_nb2svc:
@@ -103,7 +113,11 @@ def write_manifests(
     training = image.kind == "training"
     if not _QUANTITY.fullmatch(runs_size):
         raise Nb2svcError(f"runs volume size {runs_size!r} is not a storage quantity", hint="e.g. 10Gi or 500Mi")
-    storage = _RunsStorage(size=runs_size) if training else None
+    if queue_url is not None and not training:
+        raise Nb2svcError(f"service {name}: a queue is for training services", hint="leave out the queue option")
+    if queue_url is not None and not re.fullmatch(r"(redis|rediss)://\S+", queue_url):
+        raise Nb2svcError(f"queue {queue_url!r} is not a Redis URL", hint="e.g. redis://redis:6379/0")
+    storage = _RunsStorage(size=runs_size, queue_url=queue_url) if training else None
     if replicas is None:
         replicas = 1 if training else 2
     if replicas < 1:
@@ -111,11 +125,11 @@ def write_manifests(
             f"service {name}: --replicas {replicas}: Kubernetes manifests need at least 1 replica",
             hint="park a running service with `kubectl scale deployment/NAME --replicas 0`",
         )
-    if storage is not None and replicas > storage.max_replicas:
+    if storage is not None and storage.max_replicas is not None and replicas > storage.max_replicas:
         raise Nb2svcError(
             f"service {name}: a training service runs as 1 replica, not {replicas}: each replica keeps its "
             "own runs, so the others would not know them",
-            hint="use --replicas 1; replicas sharing one queue (NB2SVC_QUEUE_URL, SPEC §7) are not supported yet",
+            hint="use --replicas 1, or give the replicas a shared queue: --queue redis://HOST:6379/0",
         )
 
     labels = _labels(image, name)
@@ -141,7 +155,9 @@ def write_manifests(
     written = []
     for filename, manifest in {"kustomization.yaml": kustomization, **files}.items():
         path = out / filename
-        note = TRAINING_NOTE if training and filename == "kustomization.yaml" else ""
+        note = ""
+        if training and filename == "kustomization.yaml":
+            note = SHARED_TRAINING_NOTE if queue_url else TRAINING_NOTE
         path.write_text(HEADER + note + _dump(manifest), encoding="utf-8")
         written.append(path)
     return written
@@ -215,6 +231,8 @@ def _deployment(
         mounts.append({"name": "runs", "mountPath": RUNS_DIR})
         volumes.append({"name": "runs", "persistentVolumeClaim": {"claimName": f"{name}-runs"}})
         defaults.append(("NB2SVC_RUNS_DIR", RUNS_DIR))
+        if storage.queue_url:
+            defaults.append(("NB2SVC_QUEUE_URL", storage.queue_url))
 
     container: dict[str, Any] = {
         "name": name,
@@ -262,7 +280,11 @@ def _deployment(
     pod["volumes"] = volumes
 
     spec: dict[str, Any] = {}
-    if storage is not None:
+    if storage is not None and storage.queue_url:
+        spec["replicas"] = replicas
+        # replicas share the queue and the volume: a new one starts before an old one stops
+        spec["strategy"] = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    elif storage is not None:
         spec["replicas"] = replicas
         # one writer of the runs volume: the old replica stops before the new one mounts it
         spec["strategy"] = {"type": "Recreate"}

@@ -28,6 +28,15 @@ class Config:
     log_sample: float = 1.0  # NB2SVC_LOG_SAMPLE: share of predictions logged, 0 to 1
     log_buffer: int = 10_000  # NB2SVC_LOG_BUFFER: predictions held while the store is slow or down
     image: str = ""  # what predictions are logged under: NB2SVC_IMAGE (a deploy sets it), else the notebook's sha
+    # training on many replicas (docs/scale-out.md)
+    queue_url: str = ""  # NB2SVC_QUEUE_URL: redis://… shares runs and queue between replicas; "": embedded
+    storage_url: str = ""  # NB2SVC_STORAGE_URL: s3://bucket/prefix for notebooks and artifacts; "": NB2SVC_RUNS_DIR
+    lease_s: float = 15.0  # NB2SVC_LEASE: a replica silent this long is lost; its runs fail or queue again
+    # inputs by reference (Path parameters)
+    fetch_max_bytes: int = 1024 * 1024 * 1024  # NB2SVC_FETCH_MAX_BYTES
+    fetch_timeout: float = 60.0  # NB2SVC_FETCH_TIMEOUT: seconds for one reference, redirects included
+    fetch_allow: tuple[str, ...] = ()  # NB2SVC_FETCH_ALLOW: addresses or networks allowed although private
+    allow_file_urls: bool = False  # NB2SVC_ALLOW_FILE_URLS: file:// and plain paths name the server's files
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], spec: ServiceSpec) -> Config:
@@ -68,7 +77,21 @@ class Config:
             log_sample=sample,
             log_buffer=max(1, int(num("NB2SVC_LOG_BUFFER", cls.log_buffer))),
             image=env.get("NB2SVC_IMAGE") or f"sha256:{spec.sha256[:12]}",
+            queue_url=_url(env, "NB2SVC_QUEUE_URL", {"redis", "rediss", "unix"}, "redis://HOST:6379/0"),
+            storage_url=_url(env, "NB2SVC_STORAGE_URL", {"s3"}, "s3://BUCKET/PREFIX"),
+            lease_s=max(3.0, float(num("NB2SVC_LEASE", cls.lease_s, float))),
+            fetch_max_bytes=int(num("NB2SVC_FETCH_MAX_BYTES", cls.fetch_max_bytes)),
+            fetch_timeout=max(0.1, float(num("NB2SVC_FETCH_TIMEOUT", cls.fetch_timeout, float))),
+            fetch_allow=tuple(a.strip() for a in env.get("NB2SVC_FETCH_ALLOW", "").split(",") if a.strip()),
+            allow_file_urls=env.get("NB2SVC_ALLOW_FILE_URLS", "").lower() in {"1", "true", "yes", "on"},
         )
+
+
+def _url(env: Mapping[str, str], key: str, schemes: set[str], example: str) -> str:
+    url = (env.get(key) or "").strip()
+    if url and (url.partition("://")[0].lower() not in schemes or "://" not in url):
+        raise Nb2svcError(f"{key}={url!r} is not a URL nb2svc knows", hint=f"use {example}")
+    return url
 
 
 def _log_url(env: Mapping[str, str], spec: ServiceSpec) -> str:

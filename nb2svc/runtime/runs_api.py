@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -51,7 +52,7 @@ class TrainingAPI:
             seconds = math.nan
         if not 0 <= seconds <= MAX_WAIT_S:  # NaN too
             raise _bad_query("wait", f"wait={wait!r} is not a number of seconds from 0 to {MAX_WAIT_S}")
-        run = self.executor.submit(self.parameters(request))
+        run = await self.executor.submit(self.parameters(request))
         if seconds:
             run = await self.executor.wait(run.id, seconds)
         return Reply.json(self._body(run), 200 if run.done else 202, {"Location": f"/runs/{run.id}"})
@@ -65,11 +66,8 @@ class TrainingAPI:
             limit = 0
         if not 1 <= limit <= MAX_PAGE:
             raise _bad_query("limit", f"limit={raw_limit!r} is not a whole number from 1 to {MAX_PAGE}")
-        runs = sorted(self.executor.runs.values(), key=_order, reverse=True)
         cursor = request.query.get("cursor")
-        if cursor is not None:
-            after = _read_cursor(cursor)
-            runs = [r for r in runs if _order(r) < after]
+        runs = await self.executor.page(limit + 1, _read_cursor(cursor) if cursor is not None else None)
         page = runs[:limit]
         headers = {}
         if len(runs) > limit:
@@ -78,10 +76,10 @@ class TrainingAPI:
         return Reply.json([self._body(r) for r in page], headers=headers)
 
     async def get_run(self, request: Request, params: dict[str, str]) -> Reply:
-        return Reply.json(self._body(self.executor.get(params["id"])))
+        return Reply.json(self._body(await self.executor.get(params["id"])))
 
     async def cancel_run(self, request: Request, params: dict[str, str]) -> Reply:
-        run = self.executor.cancel(params["id"])
+        run = await self.executor.cancel(params["id"])
         return Reply.json(self._body(await self.executor.wait(run.id, 10)))
 
     async def delete_run(self, request: Request, params: dict[str, str]) -> Reply:
@@ -89,9 +87,12 @@ class TrainingAPI:
         return Reply.json(self._body(await self.executor.delete(params["id"])))
 
     async def run_notebook(self, request: Request, params: dict[str, str]) -> Reply:
-        run = self.executor.get(params["id"])
-        path = self.executor.store.notebook(run.id)
-        if not path.is_file():
+        run = await self.executor.get(params["id"])
+        path = await _stored(self.executor.files.notebook(run.id))
+        if path is None and run.status == "running":
+            message = f"run {run.id} is running on another instance; its notebook is stored when it ends"
+            raise HTTPError(409, "running_elsewhere", message)
+        if path is None:
             when = "has not started yet" if run.status == "queued" else f"{run.status} before it started"
             raise HTTPError(409, "not_started", f"run {run.id} {when}: there is no executed notebook")
         name = f"{self.service_name}-{run.id}.ipynb"
@@ -103,20 +104,24 @@ class TrainingAPI:
         )
 
     async def run_artifact(self, request: Request, params: dict[str, str]) -> Reply:
-        run = self.executor.get(params["id"])
-        path = self.executor.store.artifact(run.id, params["path"])
+        run = await self.executor.get(params["id"])
+        path = await _stored(self.executor.files.artifact(run.id, params["path"]))
         if path is None:
             raise HTTPError(404, "not_found", f"run {run.id} has no artifact {params['path']!r}")
         return Reply(200, content_type="application/octet-stream", file=path)
 
 
-def _order(run: Run) -> tuple[str, str]:
-    return run.created_at, run.id
+async def _stored(lookup: Awaitable[Path | None]) -> Path | None:
+    """A run's file; object storage that cannot be reached is a 503, not a 500."""
+    try:
+        return await lookup
+    except OSError as e:
+        raise HTTPError(503, "storage_unavailable", f"the run's files cannot be read: {e}; retry later") from None
 
 
 def _cursor(run: Run) -> str:
     """Where the page ended, so a deleted run does not break the next page; opaque to callers."""
-    return "_".join(_order(run))
+    return "_".join(run.order)
 
 
 def _read_cursor(cursor: str) -> tuple[str, str]:

@@ -10,12 +10,14 @@ import ast
 import asyncio
 import contextlib
 import copy
+import functools
 import json
 import logging
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import nbformat
 import papermill
@@ -30,10 +32,15 @@ from .config import Config
 from .errors import HTTPError, notebook_error
 from .kernels import KERNEL_NAME, KernelPool, kill, point_artifacts, shutdown
 from .outputs import OUTPUTS_MIME, recorded_outputs
-from .runs import Run, RunStore, now
+from .references import FetchError, References
+from .runs import Run, now
+from .stores import StoreUnavailable, open_stores
+from .stores.disk import list_files
 from .validation import OutputChecker
 
 log = logging.getLogger("nb2svc.training")
+T = TypeVar("T")
+POLL_S = 0.2  # how often a wait re-reads a shared record (a run on another replica ends unseen here)
 
 # The executed notebook must re-run anywhere: the service sets NB2SVC_ARTIFACTS in the kernel
 # before this cell runs (see `kernels.point_artifacts`); elsewhere the artifacts go to ./artifacts.
@@ -61,12 +68,19 @@ _nb2svc_display({{{mime}: _nb2svc_json.loads(_nb2svc_json.dumps(
 del _nb2svc_json, _nb2svc_display, _nb2svc_plain"""
 
 
-def parameters_source(values: Mapping[str, Any], declared: Collection[str]) -> str:
-    """The injected-parameters cell: one ``name = <literal>`` a value, checked to be data only."""
+def parameters_source(
+    values: Mapping[str, Any], declared: Collection[str], fetched: Mapping[str, str] | None = None
+) -> str:
+    """The injected-parameters cell: one ``name = <literal>`` a value, checked to be data only.
+
+    A reference fetched for the run (``fetched``: name → URL) is bound as the local file, the URL in a comment.
+    """
     lines = [_INJECT]
     for name, value in values.items():
         if name not in declared or not name.isidentifier():
             raise ValueError(f"{name!r} is not a declared parameter")
+        if fetched and name in fetched:
+            lines.append(f"# {name}: fetched from {python_literal(fetched[name])}")
         lines.append(f"{name} = {python_literal(value)}")
     return "\n".join(lines)
 
@@ -113,35 +127,35 @@ papermill_engines.register("nb2svc", _Engine)
 
 
 class TrainingExecutor:
+    """Runs from the queue, at most ``NB2SVC_MAX_RUNS`` at once on this instance, each on a kernel of its own."""
+
     def __init__(self, spec: ServiceSpec, config: Config) -> None:
         self.spec = spec
         self.config = config
-        self.state = "ok"  # a training service has no setup of its own
-        self.setup_error: dict[str, Any] | None = None
-        self.store = RunStore(config.runs_dir)
-        problem = self.store.problem()
-        if problem:  # /health says so at once, not a 500 on the first run
-            log.error("%s; %s", problem["message"], problem["hint"])
-            self.state = "failed"
-            self.setup_error = problem
-        self.runs: dict[str, Run] = {}
-        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self.store, self.queue, self.lifecycle, self.files = open_stores(config, spec.name)
+        self.references = References(spec, config)
+        self._problem = self.files.problem() or self.lifecycle.problem()
+        if self._problem:  # /health says so at once, not a 500 on the first run
+            log.error("%s; %s", self._problem["message"], self._problem["hint"])
         self._running: dict[str, tuple[AsyncKernelManager, list[str]]] = {}  # id → kernel, [stop reason]
-        self._done: dict[str, asyncio.Event] = {}
+        self._changed: dict[str, asyncio.Event] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._pool = KernelPool(spec.notebook.parent, config.warm_kernels)
         self._outputs = OutputChecker(spec)
         self._nb = nbformat.read(spec.notebook, as_version=4)
 
+    @property
+    def state(self) -> str:
+        return "failed" if self.setup_error else "ok"  # a training service has no setup of its own
+
+    @property
+    def setup_error(self) -> dict[str, Any] | None:
+        return self._problem or self.lifecycle.problem()
+
     async def start(self) -> None:
-        if self.state == "failed":
+        if self._problem:
             return
-        for run in self.store.load_all():
-            self.runs[run.id] = run
-            if run.status == "running":
-                self._finish(run, "failed", error=_error("interrupted", "the service restarted during the run"))
-            if run.status == "queued":
-                self._queue.put_nowait(run.id)
+        await self.lifecycle.start(self._cancelled_elsewhere, lambda: list(self._running))
         for _ in range(self.config.max_runs):
             self._tasks.append(asyncio.ensure_future(self._work()))
         self._refill()
@@ -153,131 +167,186 @@ class TrainingExecutor:
     async def close(self) -> None:
         for run_id in list(self._running):
             self._stop(run_id, "the service stopped during the run")
+        for _ in range(100):  # the stopped runs save their end (a few seconds at most)
+            if not self._running:
+                break
+            await asyncio.sleep(0.05)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.lifecycle.close()
         await self._pool.close()
 
     def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for run in self.runs.values():
-            out[run.status] = out.get(run.status, 0) + 1
-        return out
+        return self.store.counts()
 
-    def get(self, run_id: str) -> Run:
-        run = self.runs.get(run_id)
+    async def get(self, run_id: str) -> Run:
+        with _answerable():
+            run = await self.store.get(run_id)
         if run is None:
             raise HTTPError(404, "not_found", f"no run {run_id!r}")
         return run
 
-    def submit(self, values: dict[str, Any]) -> Run:
-        if self.state == "failed":
-            raise HTTPError(503, "not_ready", "the service cannot keep runs", cause=self.setup_error)
-        queued = sum(1 for run in self.runs.values() if run.status == "queued")  # not the cancelled ones
-        if queued >= self.config.max_queue:
-            raise HTTPError(503, "queue_full", f"{queued} runs are already queued; try again later")
-        run = self.store.new(values)
-        self.runs[run.id] = run
-        self._queue.put_nowait(run.id)
+    async def page(self, limit: int, before: tuple[str, str] | None) -> list[Run]:
+        """Up to ``limit`` runs older than ``before`` (created_at, id), newest first."""
+        if self._problem:
+            return []
+        with _answerable():
+            return await self.store.page(limit, before)
+
+    async def submit(self, values: dict[str, Any]) -> Run:
+        if self._problem:
+            raise HTTPError(503, "not_ready", "the service cannot keep runs", cause=self._problem)
+        await self.references.check(values)  # a reference that cannot be fetched is a 422 here, not a failed run
+        with _answerable():
+            queued = await self.queue.waiting()
+            if queued >= self.config.max_queue:
+                raise HTTPError(503, "queue_full", f"{queued} runs are already queued; try again later")
+            run = await self.store.new(values)
+            await self.queue.put(run.id)
         return run
 
     async def wait(self, run_id: str, seconds: float) -> Run:
-        run = self.get(run_id)
-        if not run.done:
-            event = self._done.setdefault(run_id, asyncio.Event())
+        deadline = time.monotonic() + seconds
+        run = await self.get(run_id)
+        while not run.done and (left := deadline - time.monotonic()) > 0:
+            event = self._changed.setdefault(run_id, asyncio.Event())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), seconds)
+                await asyncio.wait_for(event.wait(), min(left, POLL_S) if self.lifecycle.shared else left)
+            run = await self.get(run_id)
         return run
 
-    def cancel(self, run_id: str) -> Run:
-        run = self.get(run_id)
+    async def cancel(self, run_id: str) -> Run:
+        run = await self.get(run_id)
         if run.done:
             raise HTTPError(409, "already_finished", f"run {run_id} has already {run.status}")
-        if run.id in self._running:
-            self._stop(run.id, "cancelled")
-        else:  # queued, or its kernel is still starting: the worker sees the status and lets it go
-            self._finish(run, "cancelled")
+        with _answerable():
+            if run.status == "queued":  # or its kernel is still starting: the worker sees the status and lets it go
+                if await self._transition(replace(run, status="cancelled", finished_at=now()), "queued"):
+                    await self.queue.remove(run.id)
+                    return run
+                run = await self.get(run_id)  # it started meanwhile
+            if run.status == "running":
+                if run.id in self._running:
+                    self._stop(run.id, "cancelled")
+                else:  # executing on another replica: it polls for this
+                    await self.queue.request_cancel(run.id)
         return run
 
     async def delete(self, run_id: str) -> Run:
-        """Cancel the run if needed, then forget it and remove its folder."""
-        run = self.get(run_id)
+        """Cancel the run if needed, then forget it and remove its files."""
+        run = await self.get(run_id)
         if not run.done:
-            self.cancel(run_id)
+            with contextlib.suppress(HTTPError):  # it ended meanwhile
+                await self.cancel(run_id)
             run = await self.wait(run_id, 10)
-        self.runs.pop(run_id, None)  # from here on, nothing writes its record again
-        self.store.delete(run_id)
+        with _answerable():
+            await self.store.delete(run)  # from here on, nothing writes its record again
+        await self.files.delete(run_id)
         return run
+
+    def _cancelled_elsewhere(self, run_id: str) -> None:
+        if run_id in self._running and not self._running[run_id][1]:
+            self._stop(run_id, "cancelled")
 
     def _stop(self, run_id: str, reason: str) -> None:
         km, reasons = self._running[run_id]
         reasons.append(reason)
         kill(km)
 
-    def _finish(self, run: Run, status: str, **fields: Any) -> None:
-        run.status = status
-        run.finished_at = now()
-        for key, value in fields.items():
-            setattr(run, key, value)
-        if not self._save(run) and run.id in self.runs:
-            run.status = "failed"  # kept in memory, with the reason, whether or not this one saves
-            self._save(run)
-        event = self._done.pop(run.id, None)
-        if event:
-            event.set()
+    async def _transition(self, run: Run, expected: str) -> bool:
+        done = await self.store.transition(run, expected)
+        if done and run.done:
+            event = self._changed.pop(run.id, None)
+            if event:
+                event.set()
+        return done
 
-    def _save(self, run: Run) -> bool:
-        """Write the run's record; on failure, log it and record why on the run (in memory)."""
-        if run.id not in self.runs:
-            return True  # deleted: its folder is gone on purpose
-        try:
-            self.store.save(run)
-        except (OSError, ValueError) as e:  # its folder removed, a full disk; a value JSON cannot hold
-            log.error("run %s: its record could not be saved in %s: %s", run.id, self.store.dir(run.id), e)
-            run.error = _error("storage_error", f"the run's record could not be saved: {e}")
-            return False
-        return True
+    async def _finish(self, run: Run, expected: str) -> None:
+        """Write the run's end; a store that cannot be reached is retried until it is back (no run lost)."""
+        for attempt in range(2):
+            try:
+                await self._retrying(functools.partial(self._transition, run, expected))
+                return
+            except (OSError, ValueError) as e:  # its folder removed, a full disk; a value JSON cannot hold
+                where = self.files.work_dir(run.id)
+                log.error("run %s: its record could not be saved in %s: %s", run.id, where, e)
+                if attempt:
+                    return
+                error = _error("storage_error", f"the run's record could not be saved: {e}")
+                # kept (in memory at least), failed with the reason, whether or not this one saves
+                run, expected = replace(run, status="failed", error=error), ""
+
+    async def _retrying(self, op: Callable[[], Awaitable[T]]) -> T:
+        while True:
+            try:
+                return await op()
+            except StoreUnavailable:
+                await asyncio.sleep(1)
 
     async def _work(self) -> None:
         while True:
-            run = self.runs.get(await self._queue.get())
-            if run is None or run.status != "queued":
-                continue  # cancelled or deleted while it waited
+            run_id = await self.queue.take()
             try:
-                await self._run(run)
+                run = await self._retrying(functools.partial(self.store.get, run_id))
+                if run is not None and run.status == "queued":  # else cancelled or deleted while it waited
+                    await self._run(run)
             except Exception as e:  # one run's failure must never stop the queue
-                log.exception("run %s: nb2svc failed running it", run.id)
-                if not run.done:
-                    self._finish(run, "failed", error=_error("internal_error", f"nb2svc failed running it: {e}"))
+                log.exception("run %s: nb2svc failed running it", run_id)
+                with contextlib.suppress(Exception):
+                    run = await self.store.get(run_id)
+                    if run is not None and not run.done:
+                        error = _error("internal_error", f"nb2svc failed running it: {e}")
+                        await self._finish(replace(run, status="failed", finished_at=now(), error=error), run.status)
+            finally:
+                await self.queue.ack(run_id)
 
     async def _run(self, run: Run) -> None:
         try:
             km = await self._pool.take()
         except Exception as e:  # no kernel at all: the run cannot start
-            self._finish(run, "failed", error=_error("kernel_failed", f"could not start a kernel: {e}"))
+            error = _error("kernel_failed", f"could not start a kernel: {e}")
+            await self._finish(replace(run, status="failed", finished_at=now(), error=error), "queued")
             return
+        reasons: list[str] = []
+        self._running[run.id] = (km, reasons)
         try:
-            if run.status != "queued":
-                return  # cancelled while its kernel started
-            reasons: list[str] = []
-            self._running[run.id] = (km, reasons)
-            run.status, run.started_at, run.instance = "running", now(), self.config.instance
-            if not self._save(run):
-                self._finish(run, "failed")
+            work = self.files.work_dir(run.id)
+            started = replace(run, status="running", started_at=now(), instance=self.config.instance)
+            try:
+                (work / "artifacts").mkdir(parents=True, exist_ok=True)
+                if not await self._retrying(lambda: self._transition(started, "queued")):
+                    return  # cancelled (or deleted) while its kernel started
+            except (OSError, ValueError) as e:
+                log.error("run %s: its record could not be saved in %s: %s", run.id, work, e)
+                error = _error("storage_error", f"the run's record could not be saved: {e}")
+                await self._finish(replace(started, status="failed", finished_at=now(), error=error), "")
                 return
             timer = asyncio.get_running_loop().call_later(self.config.timeout, self._stop, run.id, "timeout")
-            started = time.monotonic()
+            t0 = time.monotonic()
             try:
-                status, fields = await self._execute(run, km, reasons)
+                status, fields = await self._execute(started, km, reasons)
             finally:
                 timer.cancel()
-            self._finish(run, status, duration_s=round(time.monotonic() - started, 3), **fields)
+            ended = replace(started, status=status, finished_at=now(), duration_s=round(time.monotonic() - t0, 3))
+            ended.artifacts = list_files(work / "artifacts")
+            for key, value in fields.items():
+                setattr(ended, key, value)
+            try:
+                await self.files.publish(run.id)
+            except Exception as e:  # the bucket refused, or cannot be reached
+                log.error("run %s: its files could not be stored: %s", run.id, e)
+                ended.status = "failed"
+                ended.error = _error("storage_error", f"the run's files could not be stored: {e}")
+            await self._finish(ended, "running")
+            if await self._retrying(lambda: self.store.get(run.id)) is None:
+                await self.files.delete(run.id)  # deleted during the run: its files go too
         finally:
             self._running.pop(run.id, None)
             await shutdown(km)
             self._refill()
 
-    def _prepare(self, run: Run) -> Path:
+    def _prepare(self, run: Run, values: dict[str, Any], fetched: Mapping[str, str]) -> Path:
         """Write the notebook as it will run: pip lines commented, nb2svc's cells added, each cell numbered."""
         nb = copy.deepcopy(self._nb)
         nb.metadata["kernelspec"] = {"name": KERNEL_NAME, "display_name": "Python 3", "language": "python"}
@@ -293,32 +362,39 @@ class TrainingExecutor:
         nb.cells = [
             new_code_cell(_PRELUDE, metadata={"tags": ["nb2svc-prelude"]}),
             *cells[: p + 1],
-            new_code_cell(parameters_source(run.parameters, names), metadata={"tags": ["injected-parameters"]}),
+            new_code_cell(parameters_source(values, names, fetched), metadata={"tags": ["injected-parameters"]}),
             *cells[p + 1 :],
         ]
         if self.spec.outputs:
             nb.cells.append(new_code_cell(collect, metadata={"tags": ["nb2svc-outputs"]}))
         nb.metadata.setdefault("papermill", {})["parameters"] = run.parameters
         nb.metadata.setdefault("nb2svc", {})["run"] = run.id
-        path = self.store.dir(run.id) / "input.ipynb"
+        path = self.files.work_dir(run.id) / "input.ipynb"
         nbformat.write(nb, path)
         return path
 
     async def _execute(self, run: Run, km: AsyncKernelManager, reasons: list[str]) -> tuple[str, dict[str, Any]]:
+        work = self.files.work_dir(run.id)
+        try:  # the run's inputs by reference, into its own folder on this instance
+            values, fetched = await self.references.fetch(run.parameters, work / "inputs")
+        except FetchError as e:
+            return "failed", {"error": _error("reference_error", str(e))}
         try:
-            await point_artifacts(km, self.store.artifacts_dir(run.id).resolve())
+            await point_artifacts(km, (work / "artifacts").resolve())
         except Exception as e:  # killed by cancel or timeout while it started, or a broken kernel
             if reasons:
                 return self._stopped(reasons[0])
             return "failed", {"error": _error("kernel_failed", f"the kernel did not start: {e}")}
-        return await asyncio.to_thread(self._papermill, run, km, reasons)
+        return await asyncio.to_thread(self._papermill, run, km, reasons, values, fetched)
 
-    def _papermill(self, run: Run, km: AsyncKernelManager, reasons: list[str]) -> tuple[str, dict[str, Any]]:
-        out = self.store.notebook(run.id)
+    def _papermill(
+        self, run: Run, km: AsyncKernelManager, reasons: list[str], values: dict[str, Any], fetched: Mapping[str, str]
+    ) -> tuple[str, dict[str, Any]]:
+        out = self.files.work_dir(run.id) / "notebook.ipynb"
         failures: list[tuple[Mapping[str, Any], Any]] = []
         try:
             papermill.execute_notebook(
-                self._prepare(run),
+                self._prepare(run, values, fetched),
                 out,
                 kernel_name=KERNEL_NAME,
                 engine_name="nb2svc",
@@ -332,7 +408,7 @@ class TrainingExecutor:
         except Exception as e:  # the kernel died: killed by cancel or timeout, or crashed
             if reasons:
                 return self._stopped(reasons[0])
-            if not self.store.dir(run.id).is_dir():
+            if not self.files.work_dir(run.id).is_dir():
                 return "failed", {"error": _error("storage_error", f"the run's folder was removed during the run: {e}")}
             return "failed", {"error": _error("kernel_died", f"the notebook's kernel stopped: {e}")}
         if reasons:  # stopped just as the last cell ended
@@ -366,3 +442,12 @@ class TrainingExecutor:
 
 def _error(code: str, message: str) -> dict[str, Any]:
     return {"error": code, "message": message}
+
+
+@contextlib.contextmanager
+def _answerable() -> Iterator[None]:
+    """The shared store out of reach: a 503 naming the cause (the caller retries), never a 500."""
+    try:
+        yield
+    except StoreUnavailable as e:
+        raise HTTPError(503, "queue_unavailable", f"{e}; retry later", cause=e.problem) from None

@@ -167,6 +167,16 @@ def main() -> None:
         ],
         kind="training",
     )
+    # inputs by reference (runtime/references.py): a Path parameter, a local file in Jupyter, a URL over HTTP
+    path_cells: Cells = [
+        "from pathlib import Path\nfrom typing import Optional",
+        ("parameters", "data: Path = 'data.csv'  # the rows to read\nextra: Optional[Path] = None"),
+        "text = Path(data).read_text()\nrows = len(text.splitlines())\nfirst = text.splitlines()[0] if rows else ''",
+        ("outputs", "rows: int = rows\nfirst: str = first\nlocal: str = str(data)"),
+    ]
+    write("path_serving", path_cells)
+    write("path_training", path_cells, kind="training")
+    (HERE / "data.csv").write_text("a,b\n1,2\n3,4\n")
 
 
 if __name__ == "__main__":
