@@ -18,6 +18,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import msgspec
+
 from . import Prediction, PredictionLog, id_time, open_log
 
 log = logging.getLogger("nb2svc.predictions")
@@ -237,7 +239,7 @@ def _row(q: _Queued) -> Prediction:
         q.id,
         q.service,
         q.time,
-        json.dumps(q.parameters, separators=(",", ":")),
+        msgspec.json.encode(q.parameters).decode(),
         q.outputs.decode(),
         q.latency_s,
         q.instance,
