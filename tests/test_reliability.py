@@ -341,3 +341,31 @@ def test_keep_alive_requests_are_not_held_back_by_nagle(echo: Service) -> None:
             assert c.post("/invoke", json={}).status_code == 200
             times.append(time.perf_counter() - started)
     assert sorted(times)[7] < 0.02, times
+
+
+def test_a_nul_in_an_artifact_path_is_a_404_and_a_killed_training_server_leaves_no_kernel(
+    tmp_path: Path,
+) -> None:
+    from .conftest import NOTEBOOKS
+
+    svc = Service(NOTEBOOKS / "training.ipynb", {"NB2SVC_RUNS_DIR": str(tmp_path / "runs")})
+    svc.start()
+    try:
+        run = svc.post("/runs?wait=120", {}).json()
+        assert run["status"] == "succeeded", run
+        r = svc.http.get(f"/runs/{run['id']}/artifacts/model%00.json")
+        assert r.status_code == 404 and r.json()["error"] == "not_found", r.text
+        assert svc.http.get(f"/runs/{run['id']}/artifacts/model.json").status_code == 200
+        assert svc.proc is not None
+        deadline = time.monotonic() + 60
+        while not (kernels := _children(svc.proc.pid)):  # the warm kernel the pool keeps
+            assert time.monotonic() < deadline, "no warm kernel was started"
+            time.sleep(0.2)
+        os.kill(svc.proc.pid, signal.SIGKILL)
+        svc.proc.wait()
+        deadline = time.monotonic() + 15
+        while any(_alive(k) for k in kernels):
+            assert time.monotonic() < deadline, "a kernel outlived its server"
+            time.sleep(0.2)
+    finally:
+        svc.stop()
