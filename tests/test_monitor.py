@@ -4,6 +4,7 @@ its /report and /metrics, and the retrain rule against a real training service (
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -235,3 +236,116 @@ def test_monitor_reads_a_postgresql_log_of_two_replicas(serve: Any, tmp_path: Pa
     wait_logged(b, 100)
     report = monitor("--log", log, "--name", "scorer", "--reference", "first:100", "--window", "100")
     assert report["window"] == 100 and "x" in report["drifted"]
+
+
+# --- retraining rolled out on the local swarm -------------------------------------------------------------------
+
+SERVING_MODEL = """\
+import json
+import os
+
+MODEL = json.load(open(os.environ.get("MODEL_FILE", "/srv/nb2svc/artifacts/model/model.json")))"""
+
+
+def write_model_notebooks(folder: Path) -> tuple[Path, Path]:
+    """A training notebook that writes model.json ({"version"}), and a serving one that answers its version."""
+    folder.mkdir(parents=True, exist_ok=True)
+    train = new_notebook()
+    train.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    train.metadata["nb2svc"] = {"kind": "training"}
+    train.cells = [
+        new_code_cell("import json, os\nfrom pathlib import Path"),
+        new_code_cell('version: str = "v1"', metadata={"tags": ["parameters"]}),
+        new_code_cell(
+            'out = Path(os.environ.get("NB2SVC_ARTIFACTS", "artifacts"))\nout.mkdir(parents=True, exist_ok=True)\n'
+            '(out / "model.json").write_text(json.dumps({"version": version}))'
+        ),
+        new_code_cell("trained: str = version", metadata={"tags": ["outputs"]}),
+    ]
+    serve_nb = new_notebook()
+    serve_nb.metadata["kernelspec"] = train.metadata["kernelspec"]
+    serve_nb.cells = [
+        new_code_cell(SERVING_MODEL),
+        new_code_cell("x: float = 0.0", metadata={"tags": ["parameters"]}),
+        new_code_cell('version: str = MODEL["version"]', metadata={"tags": ["outputs"]}),
+    ]
+    paths = folder / "trainer_model.ipynb", folder / "answer_model.ipynb"
+    for nb, path in zip((train, serve_nb), paths, strict=True):
+        for i, cell in enumerate(nb.cells):
+            cell["id"] = f"{path.stem}-{i}"
+        nbformat.write(nb, path)
+    return paths
+
+
+@pytest.mark.docker
+def test_retraining_rolls_the_new_model_out_on_the_swarm(client: Any, serve: Any, tmp_path: Path) -> None:
+    import uuid
+
+    from nb2svc import inspect_notebook
+    from nb2svc.build import build, push
+    from nb2svc.deploy.catalog import read_image
+    from nb2svc.deploy.engine import DeployOptions, engine
+    from nb2svc.render import Artifact, BuildOptions, render
+
+    from .conftest import BASE
+
+    run = uuid.uuid4().hex[:8]
+    name, repo = f"nb2svc-mon-{run}", f"127.0.0.1:5000/nb2svc-monitor-test/{run}/answer_model"
+    swarm = {
+        "NB2SVC_SWARM_HEALTH_INTERVAL": "1",
+        "NB2SVC_SWARM_START_PERIOD": "90",
+        "NB2SVC_SWARM_MONITOR": "2",
+        "NB2SVC_SWARM_STOP_GRACE": "5",
+        "NB2SVC_SWARM_TIMEOUT": "240",
+    }
+    trainer_nb, answer_nb = write_model_notebooks(tmp_path / "nb")
+    # v1: built by hand with a model file of its own, deployed as a user would
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v1" / "model.json").write_text('{"version": "v1"}')
+    options = BuildOptions(
+        backend="openfaas",
+        base=BASE,
+        artifacts=(Artifact(tmp_path / "v1", "/srv/nb2svc/artifacts/model"),),
+        env=(("NB2SVC_WORKERS", "0"),),
+    )
+    v1 = f"{repo}:v1"
+    build(render(inspect_notebook(answer_nb), tmp_path / "ctx", options, v1), v1, client=client)
+    push(v1, client=client)
+    for k, v in swarm.items():
+        os.environ[k] = v  # the engine reads its settings from the environment; restored below
+    swarm_engine = engine("swarm")
+    try:
+        deployed = swarm_engine.deploy(name, read_image(v1), DeployOptions(replicas=1))
+        assert deployed.url is not None
+        assert httpx.post(f"{deployed.url}/invoke", json={}, timeout=30).json() == {"version": "v1"}
+        # a drifting log, a training service, and the rule with deploy:
+        log = f"sqlite:///{tmp_path / 'log.sqlite'}"
+        scorer = serve(write_scorer(tmp_path), {"NB2SVC_LOG_URL": log})
+        ref = reference_bodies()[:60]
+        send(scorer, ref)
+        send(scorer, [{**b, "x": b["x"] + 3.0} for b in ref])
+        wait_logged(scorer, 120)
+        trainer = serve(trainer_nb, {"NB2SVC_RUNS_DIR": str(tmp_path / "runs")})
+        config = tmp_path / "monitor.yaml"
+        config.write_text(
+            f"monitor:\n  log: {log}\n  reference: first:60\n  window: 60\n  retrain:\n    when: drift\n"
+            f"    training: {trainer.url}\n    parameters: {{version: v2}}\n    cooldown: 1h\n"
+            f"    deploy:\n      name: {name}\n      notebook: {answer_nb}\n      image: {repo}\n"
+            f"      base: {BASE}\n      backend: openfaas\n      env: {{NB2SVC_WORKERS: '0'}}\n"
+        )
+        report = monitor(config=config)
+        outcome = report["retrain"]
+        assert outcome["action"] == "deployed", outcome
+        assert outcome["image"] == f"{repo}:retrain-{outcome['run']}"
+        now = swarm_engine.get(name)
+        assert (now.image, now.previous) == (outcome["image"], v1)
+        assert httpx.post(f"{now.url}/invoke", json={}, timeout=30).json() == {"version": "v2"}
+    finally:
+        for k in swarm:
+            os.environ.pop(k, None)
+        try:
+            swarm_engine.destroy(name)
+        except Exception:  # noqa: S110  # never deployed
+            pass
+        for image in client.images.list(name=repo):
+            client.images.remove(image.id, force=True)
