@@ -160,3 +160,27 @@ def test_training_checks_at_post_and_fetches_at_run_start(
         conforms(openapi, "/runs", "post", r)
         assert r.json()["detail"][0]["field"] == "data" and says in r.json()["detail"][0]["msg"], (value, r.text)
     assert len(svc.http.get("/runs").json()) == 2  # a refused reference starts no run
+
+
+@pytest.mark.parametrize("annotation", ["Path", "pathlib.Path", "Optional[Path]", "Path | None", "'Path'"])
+def test_path_is_a_uri_string_in_the_schema(annotation: str) -> None:
+    import ast
+
+    from nb2svc.types import is_path, parse_annotation
+
+    t = parse_annotation(ast.parse(annotation, mode="eval").body)
+    assert is_path(t)
+    schema = t.schema()
+    plain = schema if "anyOf" not in schema else schema["anyOf"][0]
+    assert (plain["type"], plain["format"]) == ("string", "uri") and "s3://" in plain["description"]
+
+
+@pytest.mark.parametrize("annotation", ["list[Path]", "dict[str, Path]", "Optional[list[Path]]"])
+def test_path_inside_a_list_or_dict_is_refused(annotation: str) -> None:
+    """The runtime fetches a parameter's own value only: a list of URLs would reach the notebook unfetched."""
+    import ast
+
+    from nb2svc.types import TypeNotSupported, parse_annotation
+
+    with pytest.raises(TypeNotSupported, match="Path is a parameter's own type"):
+        parse_annotation(ast.parse(annotation, mode="eval").body)

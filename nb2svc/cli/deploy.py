@@ -56,6 +56,11 @@ def _show(d: Deployment, as_json: bool) -> None:
 @click.option("--publish", metavar="[HOST:]PORT", help="swarm: where the load balancer listens (127.0.0.1:free).")
 @click.option("-o", "--output", type=click.Path(file_okay=False), help="kubernetes: the folder to write.")
 @click.option("--apply", "do_apply", is_flag=True, help="kubernetes: then `kubectl apply -k` the folder.")
+@click.option(
+    "--queue",
+    metavar="redis://HOST:PORT/DB",
+    help="training: replicas share this queue and run store (NB2SVC_QUEUE_URL; docs/scale-out.md).",
+)
 @json_option
 @progress_option
 def deploy(
@@ -68,6 +73,7 @@ def deploy(
     publish: str | None,
     output: str | None,
     do_apply: bool,
+    queue: str | None,
     as_json: bool,
     show_progress: bool,
 ) -> None:
@@ -77,15 +83,24 @@ def deploy(
     back (the old one serving throughout) and the command exits non-zero naming the cause.
     """
     if target == "kubernetes":
-        _kubernetes(ref, name, output, do_apply, replicas=replicas, node=node, env=_env(env))
+        _kubernetes(ref, name, output, do_apply, replicas=replicas, node=node, env=_env(env), queue=queue)
         return
     image = _read_image(ref) if ref else None
-    options = DeployOptions(replicas=replicas, node=node, env=_env(env), publish=publish)
+    settings = _env(env) | ({"NB2SVC_QUEUE_URL": queue} if queue else {})  # files: -e NB2SVC_STORAGE_URL=s3://
+    options = DeployOptions(replicas=replicas, node=node, env=settings, publish=publish)
     _show(engine("swarm").deploy(name, image, options, progress_printer(show_progress)), as_json)
 
 
 def _kubernetes(
-    ref: str | None, name: str, output: str | None, do_apply: bool, *, replicas: int | None, node: str | None, env: Any
+    ref: str | None,
+    name: str,
+    output: str | None,
+    do_apply: bool,
+    *,
+    replicas: int | None,
+    node: str | None,
+    env: Any,
+    queue: str | None,
 ) -> None:
     if not ref or not output:
         raise click.UsageError("--target kubernetes needs REF and -o DIR")
@@ -93,7 +108,10 @@ def _kubernetes(
     from ..deploy.kubernetes import write_manifests
 
     image = check_image(_read_image(ref))
-    for path in write_manifests(image, check_name(name), Path(output), replicas=replicas, node=node, env=env):
+    paths = write_manifests(
+        image, check_name(name), Path(output), replicas=replicas, node=node, env=env, queue_url=queue
+    )
+    for path in paths:
         click.echo(str(path))
     if do_apply:
         kubectl = shutil.which("kubectl")

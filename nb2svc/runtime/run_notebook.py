@@ -1,0 +1,97 @@
+"""The notebook a training run executes: nb2svc's own cells, the parameters as literals, papermill's engine.
+
+The executed notebook re-runs anywhere (SPEC section 2): the injected cell holds the values as Python literals,
+checked to read back as the same data, and no server path is written into any cell.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from collections.abc import Collection, Mapping
+from typing import Any
+
+from papermill.engines import NBClientEngine, papermill_engines
+
+# The executed notebook must re-run anywhere: the service sets NB2SVC_ARTIFACTS in the kernel
+# before this cell runs (see `kernels.point_artifacts`); elsewhere the artifacts go to ./artifacts.
+PRELUDE = """\
+# Set by nb2svc: where the run's artifacts go (the service sets it per run; elsewhere ./artifacts).
+import os as _nb2svc_os
+_nb2svc_os.environ.setdefault("NB2SVC_ARTIFACTS", "artifacts")
+del _nb2svc_os"""
+
+INJECT = "# Parameters injected by nb2svc: the values this run was started with."
+
+COLLECT = """\
+# Outputs collected by nb2svc.
+import json as _nb2svc_json
+from IPython.display import display as _nb2svc_display
+
+def _nb2svc_plain(value):
+    for method in ("tolist", "item"):
+        if callable(getattr(value, method, None)):
+            return getattr(value, method)()
+    raise TypeError(f"a value of type {{type(value).__name__}} has no JSON form")
+
+_nb2svc_display({{{mime}: _nb2svc_json.loads(_nb2svc_json.dumps(
+    {{_n: globals()[_n] for _n in {names} if _n in globals()}}, default=_nb2svc_plain, allow_nan=False))}}, raw=True)
+del _nb2svc_json, _nb2svc_display, _nb2svc_plain"""
+
+
+def parameters_source(
+    values: Mapping[str, Any], declared: Collection[str], fetched: Mapping[str, str] | None = None
+) -> str:
+    """The injected-parameters cell: one ``name = <literal>`` a value, checked to be data only.
+
+    A reference fetched for the run (``fetched``: name → URL) is bound as the local file, the URL in a comment.
+    """
+    lines = [INJECT]
+    for name, value in values.items():
+        if name not in declared or not name.isidentifier():
+            raise ValueError(f"{name!r} is not a declared parameter")
+        if fetched and name in fetched:
+            lines.append(f"# {name}: fetched from {python_literal(fetched[name])}")
+        lines.append(f"{name} = {python_literal(value)}")
+    return "\n".join(lines)
+
+
+def python_literal(value: Any) -> str:
+    """``value`` (JSON data) as Python source that can only be that value: checked by reading it back."""
+    text = repr(value)
+    try:
+        same = _strict(ast.literal_eval(text)) == _strict(value)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        same = False
+    if not same:
+        raise ValueError(f"{text[:60]} is not a JSON value")
+    return text
+
+
+def _strict(value: Any) -> str:
+    """JSON that tells 1 from 1.0 and True (``==`` does not), and refuses NaN."""
+    return json.dumps(value, sort_keys=True, allow_nan=False)
+
+
+class _Engine(NBClientEngine):  # type: ignore[misc]  # papermill has no type hints
+    """papermill's nbclient engine, noting which cell failed and why.
+
+    papermill's error keeps only a cell *index* (into the notebook after it drops its own
+    error-marker cells) and, for a cell with no error output (a failing ``%magic``), no name
+    or message at all; the cell's metadata and the kernel's own error say both.
+    """
+
+    @classmethod
+    def execute_managed_notebook(cls, nb_man: Any, kernel_name: str, **kwargs: Any) -> Any:
+        failures: list[tuple[Mapping[str, Any], Any]] = kwargs.pop("nb2svc_failures")
+        plain = nb_man.cell_exception
+
+        def cell_exception(cell: Any, cell_index: int | None = None, **kw: Any) -> None:
+            failures.append((cell.get("metadata", {}), kw.get("exception")))
+            plain(cell, cell_index=cell_index, **kw)
+
+        nb_man.cell_exception = cell_exception
+        return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
+
+
+papermill_engines.register("nb2svc", _Engine)
