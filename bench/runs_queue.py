@@ -1,6 +1,6 @@
 """Training on many replicas: what the Redis queue costs, and what a second replica brings (docs/benchmarks.md).
 
-python bench/queue.py [--runs 20]
+python bench/runs_queue.py [--runs 20]
 
 1. Time from `POST /runs` to the notebook's first cell, one replica: the embedded queue, then the Redis queue
    (NB2SVC_QUEUE_URL, a redis-server of its own on 127.0.0.1). The first cell records `time.time()`; the
