@@ -44,6 +44,7 @@ RUNTIME_REQUIREMENTS = (
     "uvicorn>=0.29",
     "prometheus-client>=0.20",
     "msgspec>=0.18",
+    "httpx>=0.27",  # Path parameters: https:// references are fetched by the runtime
     "psycopg[binary]>=3.1",  # NB2SVC_LOG_URL=postgresql://: replicas share one prediction log
     "redis>=5.0",  # NB2SVC_QUEUE_URL=redis://: training replicas share one queue (`--replicas 2` just works)
     "boto3>=1.34",  # NB2SVC_STORAGE_URL=s3:// and s3:// references

@@ -17,7 +17,7 @@ if typing.TYPE_CHECKING:
     from jsonschema.exceptions import ValidationError
 
 from ..spec import ServiceSpec
-from ..types import AnyValue, DictOf, ListOf, Scalar, Type
+from ..types import AnyValue, DictOf, FilePath, ListOf, Scalar, Type
 from ..types import Literal as LiteralType
 from ..types import Optional as OptionalType
 from .errors import HTTPError
@@ -234,6 +234,8 @@ def _msgspec_type(t: Type) -> Any:
             return typing.Literal[values]
         case AnyValue():
             return Any
+        case FilePath():  # a string (a URL) as JSON Schema checks it: "format" is a note, not a check
+            return str
     raise NotImplementedError(t)
 
 
