@@ -62,7 +62,10 @@ class PredictionLog(Protocol):
     def read(
         self, service: str, *, first: int | None = None, last: int | None = None, with_truth: bool = False
     ) -> list[LoggedPrediction]:
-        """The ``first`` or ``last`` N predictions of ``service``, oldest first (``with_truth``: fed back only)."""
+        """The ``first`` or ``last`` N predictions of ``service`` by time, oldest first (``with_truth``: fed back only).
+
+        By the time each was answered, not by when its replica's writer stored it: replicas write in batches.
+        """
         ...
 
     def services(self) -> list[str]: ...

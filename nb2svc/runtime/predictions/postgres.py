@@ -28,7 +28,7 @@ CREATE TABLE IF NOT EXISTS nb2svc_predictions (
     truth JSONB,
     feedback_at DOUBLE PRECISION
 );
-CREATE INDEX IF NOT EXISTS nb2svc_predictions_service ON nb2svc_predictions (service, seq);
+CREATE INDEX IF NOT EXISTS nb2svc_predictions_time ON nb2svc_predictions (service, time);
 CREATE TABLE IF NOT EXISTS nb2svc_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 _COLUMNS = "id, time, parameters, outputs, latency_s, instance, image, truth"
@@ -69,7 +69,7 @@ class PostgresLog:
     ) -> list[LoggedPrediction]:
         where = "service = %s" + (" AND truth IS NOT NULL" if with_truth else "")
         order, limit = ("DESC", last) if last is not None else ("", first)
-        sql = f"SELECT {_COLUMNS} FROM nb2svc_predictions WHERE {where} ORDER BY seq {order} LIMIT %s"  # noqa: S608  # fixed text
+        sql = f"SELECT {_COLUMNS} FROM nb2svc_predictions WHERE {where} ORDER BY time {order}, seq {order} LIMIT %s"  # noqa: S608  # fixed text
         rows = self._db.execute(sql, (service, limit)).fetchall()  # LIMIT NULL: all
         if last is not None:
             rows.reverse()

@@ -25,7 +25,7 @@ CREATE TABLE IF NOT EXISTS nb2svc_predictions (
     truth TEXT,
     feedback_at REAL
 );
-CREATE INDEX IF NOT EXISTS nb2svc_predictions_service ON nb2svc_predictions (service, seq);
+CREATE INDEX IF NOT EXISTS nb2svc_predictions_time ON nb2svc_predictions (service, time);
 CREATE TABLE IF NOT EXISTS nb2svc_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 _COLUMNS = "id, time, parameters, outputs, latency_s, instance, image, truth"
@@ -66,10 +66,10 @@ class SQLiteLog:
     ) -> list[LoggedPrediction]:
         where = "service = ?" + (" AND truth IS NOT NULL" if with_truth else "")
         if last is not None:
-            sql = f"SELECT {_COLUMNS} FROM nb2svc_predictions WHERE {where} ORDER BY seq DESC LIMIT ?"  # noqa: S608  # fixed text
+            sql = f"SELECT {_COLUMNS} FROM nb2svc_predictions WHERE {where} ORDER BY time DESC, seq DESC LIMIT ?"  # noqa: S608  # fixed text
             rows = self._db.execute(sql, (service, last)).fetchall()[::-1]
         else:
-            sql = f"SELECT {_COLUMNS} FROM nb2svc_predictions WHERE {where} ORDER BY seq LIMIT ?"  # noqa: S608  # fixed text
+            sql = f"SELECT {_COLUMNS} FROM nb2svc_predictions WHERE {where} ORDER BY time, seq LIMIT ?"  # noqa: S608  # fixed text
             rows = self._db.execute(sql, (service, -1 if first is None else first)).fetchall()
         return [_row(r) for r in rows]
 
