@@ -57,8 +57,8 @@ def parse_json_body(body: bytes) -> Any:
     try:
         with _no_gc():
             return msgspec.json.decode(body)
-    except msgspec.ValidationError as e:  # a number no float or int holds: 1e400, 10**5000
-        raise _out_of_range(e, None) from None
+    except msgspec.ValidationError:  # a number no float or int holds: 1e400, 10**5000
+        raise _out_of_range(None) from None
     except msgspec.DecodeError as e:
         hint = " (NaN and Infinity are not JSON numbers)" if re.search(rb"NaN|Infinity", body) else ""
         raise HTTPError(400, "invalid_json", f"the body is not valid JSON: {e}{hint}") from None
@@ -66,7 +66,8 @@ def parse_json_body(body: bytes) -> Any:
         raise _too_deep() from None
 
 
-def _out_of_range(e: msgspec.ValidationError, typed: msgspec.ValidationError | None) -> HTTPError:
+def _out_of_range(typed: msgspec.ValidationError | None) -> HTTPError:
+    """A 422 for a number no float or int holds; ``typed`` (the typed decoder's error) says where it is."""
     loc = _msgspec_loc(str(typed)) if typed is not None else []
     field = str(loc[0]) if loc else ""
     msg = "number out of range: JSON numbers here must fit a 64-bit float (and integers 4300 digits)"
@@ -125,7 +126,7 @@ class Validator:
             value = parse_json_body(body)
         except HTTPError as e:
             if e.status == 422 and typed_error is not None:
-                raise _out_of_range(msgspec.ValidationError(), typed_error) from None
+                raise _out_of_range(typed_error) from None
             raise
         return self(value)
 
