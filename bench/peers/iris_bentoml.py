@@ -28,10 +28,11 @@ class Params(BaseModel):
 
 @bentoml.service(workers=1)
 class Iris:
-    """The notebook's setup cells ran at import (iris_model); one API, the per-request cells."""
+    """The notebook's setup cells ran at import (iris_model); one API, the per-request cells (async: BentoML
+    runs a sync API in a thread pool, a hop the arithmetic here does not need)."""
 
     @bentoml.api(input_spec=Params)
-    def invoke(
+    async def invoke(
         self,
         features: list[float],
         metric: Literal["euclidean", "manhattan", "cosine"] = "euclidean",

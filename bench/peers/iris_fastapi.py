@@ -3,6 +3,7 @@
     python iris_fastapi.py --port 8000    # from bench/peers/, in the peer's own venv
 
 Served by uvicorn (h11, no uvloop) with the settings ``nb2svc serve`` uses (log level warning, no access log).
+The endpoint is async, like bench/handwritten_fastapi.py's (a sync one would run in a thread pool).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class Params(BaseModel):
 
 
 @app.post("/invoke")
-def invoke(params: Params) -> dict[str, Any]:
+async def invoke(params: Params) -> dict[str, Any]:
     """The prediction and outputs cells; the notebook's InvalidInput is the caller's fault: a 422."""
     try:
         return predict(**params.model_dump())
@@ -39,7 +40,7 @@ def invoke(params: Params) -> dict[str, Any]:
 
 
 @app.get("/health")
-def health() -> dict[str, str]:
+async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
