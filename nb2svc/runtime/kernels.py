@@ -19,6 +19,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
@@ -59,6 +60,15 @@ class KernelPool:
             connection_file=str(self._dir / f"{name}.json"),
         )
         await km.start_kernel(cwd=str(self.cwd))
+        kc = km.client()
+        kc.start_channels()
+        try:  # in the pool only once it answers: a run then finds it ready, not still importing ipykernel
+            await ready(kc, timeout=60)
+        except BaseException:
+            kc.stop_channels()
+            await shutdown(km)
+            raise
+        kc.stop_channels()
         return km
 
     async def fill(self) -> None:
@@ -85,6 +95,43 @@ class KernelPool:
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
+async def ready(kc: Any, timeout: float) -> None:
+    """Wait until the kernel answers ``kernel_info`` on this client's shell channel and its IOPub carries messages.
+
+    What jupyter_client's ``wait_for_ready`` checks, without its closing wait for 0.2 s of IOPub silence, paid on
+    every call: IOPub is known to be connected once it carries the kernel's ``idle`` for this very request (ZMQ's
+    late-joining subscriber can miss it; the request is then sent again), and all it carried before was drained.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        msg_id = kc.kernel_info()
+        reply = await _answer(kc.get_shell_msg, msg_id, lambda m: True, 1.0)
+        if reply is not None and await _answer(kc.get_iopub_msg, msg_id, _idle, 0.2) is not None:
+            kc._handle_kernel_info_reply(reply)
+            return
+        if not await kc.is_alive():
+            raise RuntimeError("the kernel died before it answered")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the kernel did not answer within {timeout:g} s")
+
+
+def _idle(msg: dict[str, Any]) -> bool:
+    return msg["msg_type"] == "status" and msg["content"].get("execution_state") == "idle"
+
+
+async def _answer(get: Any, msg_id: str, want: Any, timeout: float) -> dict[str, Any] | None:
+    """The first message on a channel answering ``msg_id`` for which ``want`` holds, or None after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            msg: dict[str, Any] = await get(timeout=left)
+        except queue.Empty:
+            return None
+        if msg["parent_header"].get("msg_id") == msg_id and want(msg):
+            return msg
+    return None
+
+
 async def shutdown(km: AsyncKernelManager) -> None:
     with contextlib.suppress(Exception):  # already dead, or its files already gone
         await km.shutdown_kernel(now=True)
@@ -109,7 +156,7 @@ async def point_artifacts(km: AsyncKernelManager, path: Path, timeout: float = 6
     kc = km.client()
     kc.start_channels()
     try:
-        await kc.wait_for_ready(timeout=timeout)
+        await ready(kc, timeout=timeout)
         code = f"__import__('os').environ['NB2SVC_ARTIFACTS'] = {str(path)!r}"
         msg_id = kc.execute(code, silent=True, store_history=False)
         deadline = time.monotonic() + timeout

@@ -11,7 +11,13 @@ import json
 from collections.abc import Collection, Mapping
 from typing import Any
 
+from nbclient.util import ensure_async, run_hook, run_sync
+from papermill.clientwrap import PapermillNotebookClient
 from papermill.engines import NBClientEngine, papermill_engines
+from papermill.log import logger as papermill_log
+from papermill.utils import merge_kwargs, remove_args
+
+from .kernels import ready
 
 # The executed notebook must re-run anywhere: the service sets NB2SVC_ARTIFACTS in the kernel
 # before this cell runs (see `kernels.point_artifacts`); elsewhere the artifacts go to ./artifacts.
@@ -91,7 +97,36 @@ class _Engine(NBClientEngine):  # type: ignore[misc]  # papermill has no type hi
             plain(cell, cell_index=cell_index, **kw)
 
         nb_man.cell_exception = cell_exception
-        return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
+        # papermill's own method, with its client made ready the quick way (see _Client)
+        timeout = kwargs.pop("execution_timeout", None) or kwargs.get("timeout")
+        startup_timeout = kwargs.pop("start_timeout", 60)
+        kwargs = remove_args(["input_path", "timeout", "startup_timeout"], **kwargs)
+        options = merge_kwargs(
+            kwargs, timeout=timeout, startup_timeout=startup_timeout, kernel_name=kernel_name, log=papermill_log
+        )
+        return _Client(nb_man, **options).execute()
+
+
+class _Client(PapermillNotebookClient):  # type: ignore[misc]  # papermill has no type hints
+    """papermill's client, whose kernel client is ready in milliseconds, not after 0.2 s of IOPub silence.
+
+    nbclient calls jupyter_client's ``wait_for_ready`` for every notebook, even on a kernel started and answering
+    long before; it waits for IOPub to stay silent 0.2 s. ``kernels.ready`` checks the same, by the kernel's answer.
+    """
+
+    async def async_start_new_kernel_client(self) -> Any:
+        self.kc = self.km.client()
+        await ensure_async(self.kc.start_channels())
+        try:
+            await ready(self.kc, timeout=self.startup_timeout)
+        except Exception:
+            await self._async_cleanup_kernel()
+            raise
+        self.kc.allow_stdin = False
+        await run_hook(self.on_notebook_start, notebook=self.nb)
+        return self.kc
+
+    start_new_kernel_client = run_sync(async_start_new_kernel_client)
 
 
 papermill_engines.register("nb2svc", _Engine)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import typing
 from typing import Any
 
-from jsonschema import Draft202012Validator
+if typing.TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
 
 from ...openapi import feedback_schema
 from ...spec import ServiceSpec
 from ..errors import HTTPError
-from ..validation import _describe, _item, _message, parse_json_body
+from ..validation import _describe, _item, _json_schema_validator, _message, parse_json_body
 
 
 def service_meta(spec: ServiceSpec, image: str) -> dict[str, Any]:
@@ -28,7 +30,13 @@ class FeedbackReader:
     def __init__(self, spec: ServiceSpec) -> None:
         self.spec = spec
         self._schema = feedback_schema(spec)
-        self._validator = Draft202012Validator(self._schema)
+        self._jsonschema: Draft202012Validator | None = None
+
+    @property
+    def _validator(self) -> Draft202012Validator:
+        if self._jsonschema is None:  # on the first /feedback: importing jsonschema costs seconds at serve start
+            self._jsonschema = _json_schema_validator(self._schema)
+        return self._jsonschema
 
     def parse(self, body: bytes) -> tuple[str, dict[str, Any]]:
         """The prediction id and the typed truth, or a 400 or 422 naming each bad field."""
