@@ -43,7 +43,9 @@ def _show(d: Deployment, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(d.as_json(), indent=2))
     else:
-        click.echo(f"{d.name}: {d.running}/{d.replicas} replicas of {d.image}, {d.state}, at {d.url or '-'}")
+        shared = f"; Redis {d.redis[0]} {d.redis[1]}/{d.redis[2]}" if d.redis else ""
+        shared += f"; runs on volume {d.runs_volume}" if d.runs_volume else ""
+        click.echo(f"{d.name}: {d.running}/{d.replicas} replicas of {d.image}, {d.state}, at {d.url or '-'}{shared}")
 
 
 @main.command()
@@ -61,6 +63,11 @@ def _show(d: Deployment, as_json: bool) -> None:
     metavar="redis://HOST:PORT/DB",
     help="training: replicas share this queue and run store (NB2SVC_QUEUE_URL; docs/scale-out.md).",
 )
+@click.option(
+    "--with-redis",
+    is_flag=True,
+    help="swarm, training: run Redis beside the replicas as their queue, data on a volume (docs/deploy.md).",
+)
 @json_option
 @progress_option
 def deploy(
@@ -74,6 +81,7 @@ def deploy(
     output: str | None,
     do_apply: bool,
     queue: str | None,
+    with_redis: bool,
     as_json: bool,
     show_progress: bool,
 ) -> None:
@@ -83,11 +91,16 @@ def deploy(
     back (the old one serving throughout) and the command exits non-zero naming the cause.
     """
     if target == "kubernetes":
+        if with_redis:
+            raise click.UsageError(
+                "--with-redis is for --target swarm: on Kubernetes run Redis yourself (a managed one, or a "
+                "StatefulSet) and pass --queue redis://HOST:6379/0"
+            )
         _kubernetes(ref, name, output, do_apply, replicas=replicas, node=node, env=_env(env), queue=queue)
         return
     image = _read_image(ref) if ref else None
     settings = _env(env) | ({"NB2SVC_QUEUE_URL": queue} if queue else {})  # files: -e NB2SVC_STORAGE_URL=s3://
-    options = DeployOptions(replicas=replicas, node=node, env=settings, publish=publish)
+    options = DeployOptions(replicas=replicas, node=node, env=settings, publish=publish, with_redis=with_redis)
     _show(engine("swarm").deploy(name, image, options, progress_printer(show_progress)), as_json)
 
 
@@ -139,11 +152,15 @@ def deployments(as_json: bool) -> None:
     if not console.is_terminal:  # piped: one line a deployment
         console.width = 200
     table = Table(title=f"{len(found)} deployment{'' if len(found) == 1 else 's'}", title_justify="left")
-    for col in ("name", "image", "notebook", "kind", "commit", "replicas", "url", "state"):
+    shared = any(d.redis for d in found)  # the column only where some deployment has its own Redis
+    for col in ("name", "image", "notebook", "kind", "commit", "replicas", "url", "state", *(("redis",) * shared)):
         table.add_column(col, overflow="fold")
     for d in found:
         cells = (d.name, d.image, d.notebook or "", d.kind or "", (d.commit or "")[:12])
-        table.add_row(*map(escape, cells), f"{d.running}/{d.replicas}", escape(d.url or ""), d.state)
+        row = [*map(escape, cells), f"{d.running}/{d.replicas}", escape(d.url or ""), d.state]
+        if shared:
+            row.append(f"{d.redis[1]}/{d.redis[2]}" if d.redis else "")
+        table.add_row(*row)
     console.print(table)
 
 

@@ -56,6 +56,7 @@ class DeployOptions:
     node: str | None = None  # strict placement: "zone=eu1" (a node label) or a host name
     env: Mapping[str, str] = field(default_factory=dict)  # added to (or replacing) the deployment's own
     publish: str | None = None  # where an engine's own load balancer listens: "HOST:PORT" or "PORT"
+    with_redis: bool = False  # training: run Redis beside the replicas as their shared queue (SPEC §7)
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,8 @@ class Deployment:
     kind: str | None = None
     commit: str | None = None
     previous: str | None = None  # the image `rollback` goes back to
+    redis: tuple[str, int, int] | None = None  # `--with-redis`: (its service, running, desired)
+    runs_volume: str | None = None  # the volume every training replica mounts at its runs folder
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -87,6 +90,10 @@ class Deployment:
             "kind": self.kind,
             "commit": self.commit,
             "previous": self.previous,
+            "redis": {"service": self.redis[0], "running": self.redis[1], "replicas": self.redis[2]}
+            if self.redis
+            else None,
+            "runs_volume": self.runs_volume,
         }
 
 

@@ -12,7 +12,6 @@ Ubuntu's) ``haproxy`` package on the OS image the function's base came from (tem
 from __future__ import annotations
 
 import hashlib
-import shutil
 import socket
 import tempfile
 from collections.abc import Mapping
@@ -30,7 +29,6 @@ from .engine import DeployError, EngineUnavailable, Progress
 NAME_LABEL = "nb2svc.deploy.name"
 ROLE_LABEL = "nb2svc.deploy.role"
 FALLBACK_BASE = "debian:bookworm-slim"
-_FILES = ("Dockerfile", "haproxy.cfg")
 _BASE_NAME = "org.opencontainers.image.base.name"
 
 
@@ -72,43 +70,49 @@ def default_base(client: Any, labels: Mapping[str, str]) -> str:
     return FALLBACK_BASE
 
 
-def image(client: Any, base: str, progress: Progress) -> str:
-    """``nb2svc/lb:<hash>`` built on ``base`` unless it is here already."""
-    files = resources.files("nb2svc.templates.lb")
+def image(client: Any, base: str, progress: Progress, kind: str = "lb", setting: str = "NB2SVC_LB_BASE") -> str:
+    """``nb2svc/KIND:<hash>`` built from templates/KIND/ on ``base`` unless it is here already.
+
+    The load balancer's, and the Redis a training deployment may run beside it (:mod:`.swarm_shared`).
+    ``setting`` names what chooses the base, for the hint when apt fails.
+    """
+    package = resources.files(f"nb2svc.templates.{kind}")
+    files = sorted((f for f in package.iterdir() if f.is_file() and not f.name.startswith("__")), key=lambda f: f.name)
     digest = hashlib.sha256()
-    for name in _FILES:
-        digest.update((files / name).read_bytes())
+    for f in files:
+        digest.update(f.read_bytes())
     try:
         digest.update(str(client.images.get(base).id).encode())
     except docker.errors.ImageNotFound:
         digest.update(base.encode())  # pulled by the build
-    tag = f"nb2svc/lb:{digest.hexdigest()[:12]}"
+    tag = f"nb2svc/{kind}:{digest.hexdigest()[:12]}"
     try:
         client.images.get(tag)
         return tag
     except docker.errors.ImageNotFound:
         pass
-    with tempfile.TemporaryDirectory(prefix="nb2svc-lb-") as tmp:
-        for name in _FILES:
-            shutil.copyfile(str(files / name), Path(tmp) / name)
+    what = "the load balancer" if kind == "lb" else f"nb2svc's {kind}"
+    with tempfile.TemporaryDirectory(prefix=f"nb2svc-{kind}-") as tmp:
+        for f in files:
+            (Path(tmp) / f.name).write_bytes(f.read_bytes())
         try:
             chunks = client.api.build(
                 path=tmp,
                 tag=tag,
                 decode=True,
                 buildargs={"BASE_IMAGE": base, **proxy_build_args()},
-                labels={_BASE_NAME: base, "nb2svc.version": __version__, "nb2svc.lb": "1"},
+                labels={_BASE_NAME: base, "nb2svc.version": __version__, f"nb2svc.{kind}": "1"},
                 network_mode="host",  # apt reaches what the host reaches
                 rm=True,
                 forcerm=True,
             )
-            follow_build_log(chunks, f"building the load balancer {tag} on {base}", progress)
+            follow_build_log(chunks, f"building {what} {tag} on {base}", progress)
         except BuildError as e:
             raise BuildError(
-                e.message, hint="set NB2SVC_LB_BASE to a Debian or Ubuntu image whose apt reaches a mirror"
+                e.message, hint=f"set {setting} to a Debian or Ubuntu image whose apt reaches a mirror"
             ) from e
         except docker.errors.APIError as e:
-            raise BuildError(f"building the load balancer {tag} on {base} failed: {e.explanation or e}") from e
+            raise BuildError(f"building {what} {tag} on {base} failed: {e.explanation or e}") from e
     return tag
 
 

@@ -19,7 +19,7 @@ import docker.errors
 import httpx
 
 from ..image import connect
-from . import lb, swarm_tasks
+from . import lb, swarm_shared, swarm_tasks
 from .engine import (
     DeployError,
     Deployment,
@@ -98,6 +98,7 @@ class SwarmEngine(Engine):
             parked_replicas=None,
         )
         self._check_placement(new)
+        new = self._shared(new, options, image.labels if image else {}, progress)
         if options.publish or lb.find(self.client, name) is None:
             new = replace(new, url=self._balancer(new, image.labels if image else {}, options.publish, progress))
         if release != plan.release:
@@ -128,7 +129,11 @@ class SwarmEngine(Engine):
         plan = Plan.from_service(service.attrs)
         parked = replace(plan, replicas=0, parked_replicas=plan.replicas or plan.parked_replicas or 1)
         progress(f"parking {name}: 0 replicas, `nb2svc deploy --name {name}` brings back {parked.parked_replicas}")
-        return self._apply(service, parked, progress)
+        done = self._apply(service, parked, progress)
+        if plan.redis:  # after the replicas that use it; its data stays on its volume
+            swarm_shared.scale_redis(self.client, name, 0, progress)
+            done = self._deployment(service)
+        return done
 
     def destroy(self, name: str, progress: Progress = no_progress) -> None:
         if not self._remove(name, progress):
@@ -160,6 +165,7 @@ class SwarmEngine(Engine):
             if not _networks(client, plan.network):
                 client.networks.create(plan.network, driver="overlay", attachable=True, labels={NAME_LABEL: name})
                 progress(f"created overlay network {plan.network}")
+            plan = self._shared(plan, options, image.labels, progress)
             plan = replace(plan, url=self._balancer(plan, image.labels, options.publish, progress))
             progress(f"creating service {name}: {plan.replicas} replica(s) of {image.ref}")
             try:
@@ -181,13 +187,14 @@ class SwarmEngine(Engine):
         if service is not None:
             service.remove()
             progress(f"removed service {name}")
+        shared = swarm_shared.remove(client, name, progress)  # its Redis and volumes, before the network
         balancer = lb.remove(client, name)
         if balancer:
             progress(f"removed load balancer {lb.container_name(name)}")
         for network in networks:
             self._remove_network(network)
             progress(f"removed network {network.name}")
-        return service is not None or balancer or bool(networks)
+        return service is not None or shared or balancer or bool(networks)
 
     def _apply(self, service: Any, plan: Plan, progress: Progress) -> Deployment:
         service.reload()
@@ -197,6 +204,32 @@ class SwarmEngine(Engine):
         except docker.errors.APIError as e:
             raise EngineUnavailable(f"updating service {plan.name} failed: {e.explanation or e}") from e
         return self._converge(service, plan, before, progress)
+
+    def _shared(self, plan: Plan, options: DeployOptions, labels: Mapping[str, str], progress: Progress) -> Plan:
+        """``plan`` with what training replicas share: a Redis beside them (started here), a runs volume."""
+        if options.with_redis and plan.release.kind != "training":
+            raise DeployError(
+                f"--with-redis: {plan.name} is a {plan.release.kind} function; a queue is for training",
+                "leave out --with-redis",
+            )
+        if options.with_redis and "NB2SVC_QUEUE_URL" in options.env:
+            raise DeployError("--with-redis and --queue both give a queue", "pick one")
+        env = dict(plan.env)
+        redis = plan.redis
+        if options.with_redis or (redis and "NB2SVC_QUEUE_URL" not in options.env):
+            base = self.settings.redis_base or lb.default_base(self.client, labels)
+            env["NB2SVC_QUEUE_URL"] = swarm_shared.start_redis(
+                self.client, plan.name, plan.network, base, self.settings, progress
+            )
+            redis = swarm_shared.redis_service(plan.name)
+        elif redis:  # --queue elsewhere now: its own Redis is no longer used
+            swarm_shared.scale_redis(self.client, plan.name, 0, progress)
+            redis = None
+        shared = plan.release.kind == "training" and "NB2SVC_QUEUE_URL" in env and "NB2SVC_STORAGE_URL" not in env
+        volume = swarm_shared.runs_volume(plan.name) if shared else None
+        if volume and volume != plan.runs_volume:
+            progress(f"{plan.name}: runs folder {plan.runs_dir} on volume {volume}, mounted by every replica")
+        return replace(plan, env=env, redis=redis, runs_volume=volume)
 
     def _balancer(self, plan: Plan, labels: Mapping[str, str], publish: str | None, progress: Progress) -> str:
         host, port = "127.0.0.1", None
@@ -370,6 +403,7 @@ class SwarmEngine(Engine):
             starting = any(t["Status"]["State"] in _STARTING for t in tasks)
             state = "updating" if starting else "failed"
         r = plan.release
+        redis = swarm_shared.redis_status(self.client, plan.name) if plan.redis else None
         return Deployment(
             name=plan.name,
             engine=self.name,
@@ -382,6 +416,8 @@ class SwarmEngine(Engine):
             kind=r.kind,
             commit=r.commit,
             previous=plan.previous.image if plan.previous else None,
+            redis=(plan.redis, *redis) if plan.redis and redis else None,
+            runs_volume=plan.runs_volume,
         )
 
     def _remove_network(self, network: Any) -> None:

@@ -21,6 +21,8 @@ from .labels import ImageInfo, ImageResources
 
 PREFIX = "nb2svc.deploy."
 NAME_LABEL = PREFIX + "name"
+PART_OF = PREFIX + "part-of"  # on what a deployment has besides its service: its Redis, its volumes
+RUNS_DIR = "/var/lib/nb2svc/runs"  # NB2SVC_RUNS_DIR in the images (templates/Dockerfile.j2)
 _S = 1_000_000_000  # Swarm's durations are nanoseconds
 
 
@@ -40,13 +42,14 @@ class SwarmSettings:
     placement_wait: float = 3.0  # a task that no node can take for this long is a placement error
     gpu_resource: str = "NVIDIA-GPU"  # the generic resource the nodes advertise their GPUs as
     lb_base: str | None = None  # NB2SVC_LB_BASE: the load balancer's OS image (default: the function's)
+    redis_base: str | None = None  # NB2SVC_REDIS_BASE: --with-redis's OS image (default: the function's)
     lb_slots: int = 64
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> SwarmSettings:
         values: dict[str, Any] = {}
         for f in fields(cls):
-            key = "NB2SVC_LB_BASE" if f.name == "lb_base" else f"NB2SVC_SWARM_{f.name.upper()}"
+            key = f"NB2SVC_{f.name.upper()}" if f.name.endswith("_base") else f"NB2SVC_SWARM_{f.name.upper()}"
             raw = environ.get(key)
             if raw is None or raw == "":
                 continue
@@ -122,6 +125,12 @@ class Plan:
     node: str | None = None  # as the user wrote it
     env: Mapping[str, str] = field(default_factory=dict)
     parked_replicas: int | None = None  # what `deploy --name` resumes with
+    runs_volume: str | None = None  # training with a queue: the named volume every replica mounts
+    redis: str | None = None  # `--with-redis`: the Redis service beside it (swarm_shared)
+
+    @property
+    def runs_dir(self) -> str:
+        return self.env.get("NB2SVC_RUNS_DIR") or RUNS_DIR
 
     def labels(self) -> dict[str, str]:
         out = {NAME_LABEL: self.name, PREFIX + "engine": "swarm", PREFIX + "url": self.url}
@@ -133,6 +142,10 @@ class Plan:
             out[PREFIX + "node"] = self.node
         if self.parked_replicas is not None:
             out[PREFIX + "parked.replicas"] = str(self.parked_replicas)
+        if self.runs_volume:
+            out[PREFIX + "runs.volume"] = self.runs_volume
+        if self.redis:
+            out[PREFIX + "redis"] = self.redis
         return out
 
     @classmethod
@@ -154,6 +167,8 @@ class Plan:
             node=labels.get(PREFIX + "node"),
             env=dict(e.partition("=")[::2] for e in container.get("Env") or []),
             parked_replicas=int(parked) if parked else None,
+            runs_volume=labels.get(PREFIX + "runs.volume"),
+            redis=labels.get(PREFIX + "redis"),
         )
 
 
@@ -253,6 +268,10 @@ def service_kwargs(plan: Plan, settings: SwarmSettings) -> dict[str, Any]:
         "env": [f"{k}={v}" for k, v in plan.env.items()],
         "mode": docker.types.ServiceMode("replicated", replicas=plan.replicas),
         "networks": [plan.network],
+        # training replicas sharing a queue share their runs folder too (one node; see docs/scale-out.md)
+        "mounts": [docker.types.Mount(plan.runs_dir, plan.runs_volume, type="volume", labels={PART_OF: plan.name})]
+        if plan.runs_volume
+        else [],
         # no virtual IP (it needs IPVS): tasks.NAME resolves to every task, the load balancer picks
         "endpoint_spec": docker.types.EndpointSpec(mode="dnsrr"),
         # Test [] keeps the image's own HEALTHCHECK command (GET /health); only its timing is Swarm's
