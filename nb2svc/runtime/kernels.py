@@ -116,7 +116,7 @@ async def ready(kc: Any, timeout: float) -> None:
 
 
 def _idle(msg: dict[str, Any]) -> bool:
-    return msg["msg_type"] == "status" and msg["content"].get("execution_state") == "idle"
+    return bool(msg["msg_type"] == "status" and msg["content"].get("execution_state") == "idle")
 
 
 async def _answer(get: Any, msg_id: str, want: Any, timeout: float) -> dict[str, Any] | None:
@@ -148,30 +148,19 @@ def kill(km: AsyncKernelManager) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-async def point_artifacts(km: AsyncKernelManager, path: Path, timeout: float = 60) -> None:
-    """Set NB2SVC_ARTIFACTS in the kernel before the notebook runs, off the record (a silent execute).
+class KernelStartError(RuntimeError):
+    """The run's kernel did not become ready (killed by a cancel or timeout as it started, or broken)."""
 
-    Waits in short steps, checking the kernel is alive: a cancel kills it at any moment.
+
+async def prepare(kc: Any, artifacts: Path, timeout: float = 60) -> None:
+    """Make ``kc`` ready, then set NB2SVC_ARTIFACTS in its kernel off the record (a silent execute).
+
+    The execute's reply is not waited for: the kernel handles its requests in order, so the value is set before the
+    notebook's first cell, and nbclient passes over messages answering requests not its own.
+    ``KernelStartError`` when the kernel does not answer (killed by a cancel or timeout as it started, or broken).
     """
-    kc = km.client()
-    kc.start_channels()
     try:
         await ready(kc, timeout=timeout)
-        code = f"__import__('os').environ['NB2SVC_ARTIFACTS'] = {str(path)!r}"
-        msg_id = kc.execute(code, silent=True, store_history=False)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                reply = await kc.get_shell_msg(timeout=0.5)
-            except queue.Empty:
-                if not await km.is_alive():
-                    raise RuntimeError("the kernel died") from None
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"the kernel did not answer within {timeout:g} s") from None
-                continue
-            if reply["parent_header"].get("msg_id") == msg_id:
-                break
-        if reply["content"]["status"] != "ok":
-            raise RuntimeError(f"the kernel refused to set NB2SVC_ARTIFACTS: {reply['content'].get('evalue')}")
-    finally:
-        kc.stop_channels()
+    except Exception as e:
+        raise KernelStartError(str(e)) from e
+    kc.execute(f"__import__('os').environ['NB2SVC_ARTIFACTS'] = {str(artifacts)!r}", silent=True, store_history=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import json
 from collections.abc import Collection, Mapping
+from pathlib import Path
 from typing import Any
 
 from nbclient.util import ensure_async, run_hook, run_sync
@@ -17,10 +18,10 @@ from papermill.engines import NBClientEngine, papermill_engines
 from papermill.log import logger as papermill_log
 from papermill.utils import merge_kwargs, remove_args
 
-from .kernels import ready
+from .kernels import prepare
 
 # The executed notebook must re-run anywhere: the service sets NB2SVC_ARTIFACTS in the kernel
-# before this cell runs (see `kernels.point_artifacts`); elsewhere the artifacts go to ./artifacts.
+# before this cell runs (see `kernels.prepare`); elsewhere the artifacts go to ./artifacts.
 PRELUDE = """\
 # Set by nb2svc: where the run's artifacts go (the service sets it per run; elsewhere ./artifacts).
 import os as _nb2svc_os
@@ -97,6 +98,7 @@ class _Engine(NBClientEngine):  # type: ignore[misc]  # papermill has no type hi
             plain(cell, cell_index=cell_index, **kw)
 
         nb_man.cell_exception = cell_exception
+        artifacts: Path = kwargs.pop("nb2svc_artifacts")
         # papermill's own method, with its client made ready the quick way (see _Client)
         timeout = kwargs.pop("execution_timeout", None) or kwargs.get("timeout")
         startup_timeout = kwargs.pop("start_timeout", 60)
@@ -104,7 +106,9 @@ class _Engine(NBClientEngine):  # type: ignore[misc]  # papermill has no type hi
         options = merge_kwargs(
             kwargs, timeout=timeout, startup_timeout=startup_timeout, kernel_name=kernel_name, log=papermill_log
         )
-        return _Client(nb_man, **options).execute()
+        client = _Client(nb_man, **options)
+        client.artifacts = artifacts
+        return client.execute()
 
 
 class _Client(PapermillNotebookClient):  # type: ignore[misc]  # papermill has no type hints
@@ -112,13 +116,16 @@ class _Client(PapermillNotebookClient):  # type: ignore[misc]  # papermill has n
 
     nbclient calls jupyter_client's ``wait_for_ready`` for every notebook, even on a kernel started and answering
     long before; it waits for IOPub to stay silent 0.2 s. ``kernels.ready`` checks the same, by the kernel's answer.
+    The same client then points the kernel at the run's artifacts folder.
     """
+
+    artifacts: Path
 
     async def async_start_new_kernel_client(self) -> Any:
         self.kc = self.km.client()
         await ensure_async(self.kc.start_channels())
         try:
-            await ready(self.kc, timeout=self.startup_timeout)
+            await prepare(self.kc, self.artifacts, timeout=self.startup_timeout)
         except Exception:
             await self._async_cleanup_kernel()
             raise

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import functools
 import json
 import logging
@@ -28,7 +27,7 @@ from ..notebook import strip_pip_lines
 from ..spec import ServiceSpec
 from .config import Config
 from .errors import HTTPError, notebook_error
-from .kernels import KERNEL_NAME, KernelPool, kill, point_artifacts, shutdown
+from .kernels import KERNEL_NAME, KernelPool, KernelStartError, kill, shutdown
 from .outputs import OUTPUTS_MIME, recorded_outputs
 from .references import FetchError, References
 from .run_notebook import COLLECT, PRELUDE, parameters_source  # registers the "nb2svc" papermill engine
@@ -56,9 +55,10 @@ class TrainingExecutor:
         self._running: dict[str, tuple[AsyncKernelManager, list[str]]] = {}  # id → kernel, [stop reason]
         self._changed: dict[str, asyncio.Event] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._ending: set[asyncio.Future[None]] = set()  # kernels of ended runs, shutting down
         self._pool = KernelPool(spec.notebook.parent, config.warm_kernels)
         self._outputs = OutputChecker(spec)
-        self._nb = nbformat.read(spec.notebook, as_version=4)
+        self._nb = self._template()
 
     @property
     def state(self) -> str:
@@ -89,7 +89,7 @@ class TrainingExecutor:
             await asyncio.sleep(0.05)
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._ending, return_exceptions=True)
         await self.lifecycle.close()
         await self._pool.close()
 
@@ -259,12 +259,15 @@ class TrainingExecutor:
                 await self.files.delete(run.id)  # deleted during the run: its files go too
         finally:
             self._running.pop(run.id, None)
-            await shutdown(km)
+            # off the queue's path (~0.1 s): the next run starts on a warm kernel meanwhile
+            ending = asyncio.ensure_future(shutdown(km))
+            self._ending.add(ending)
+            ending.add_done_callback(self._ending.discard)
             self._refill()
 
-    def _prepare(self, run: Run, values: dict[str, Any], fetched: Mapping[str, str]) -> Path:
-        """Write the notebook as it will run: pip lines commented, nb2svc's cells added, each cell numbered."""
-        nb = copy.deepcopy(self._nb)
+    def _template(self) -> str:
+        """The notebook as every run runs it, less the parameters: pip lines commented, nb2svc's cells added."""
+        nb = nbformat.read(self.spec.notebook, as_version=4)
         nb.metadata["kernelspec"] = {"name": KERNEL_NAME, "display_name": "Python 3", "language": "python"}
         cells = []
         for index, cell in enumerate(nb.cells):
@@ -272,21 +275,23 @@ class TrainingExecutor:
                 cell.source = strip_pip_lines(cell.get("source", ""))
             cell.setdefault("metadata", {})["nb2svc"] = {"cell": index + 1}  # the user's cell number
             cells.append(cell)
-        p = self.spec.parameters_cell.index
-        names = [p.name for p in self.spec.parameters]
         collect = COLLECT.format(mime=json.dumps(OUTPUTS_MIME), names=json.dumps([o.name for o in self.spec.outputs]))
-        nb.cells = [
-            new_code_cell(PRELUDE, metadata={"tags": ["nb2svc-prelude"]}),
-            *cells[: p + 1],
-            new_code_cell(parameters_source(values, names, fetched), metadata={"tags": ["injected-parameters"]}),
-            *cells[p + 1 :],
-        ]
+        nb.cells = [new_code_cell(PRELUDE, metadata={"tags": ["nb2svc-prelude"]}), *cells]
         if self.spec.outputs:
             nb.cells.append(new_code_cell(collect, metadata={"tags": ["nb2svc-outputs"]}))
-        nb.metadata.setdefault("papermill", {})["parameters"] = run.parameters
-        nb.metadata.setdefault("nb2svc", {})["run"] = run.id
+        return json.dumps(nb)
+
+    def _prepare(self, run: Run, values: dict[str, Any], fetched: Mapping[str, str]) -> Path:
+        """Write the notebook as this run runs it: the template with the run's parameters cell after the user's."""
+        nb = json.loads(self._nb)
+        names = [p.name for p in self.spec.parameters]
+        injected = new_code_cell(parameters_source(values, names, fetched), metadata={"tags": ["injected-parameters"]})
+        nb["cells"].insert(self.spec.parameters_cell.index + 2, injected)  # + 1 for the prelude
+        nb["metadata"].setdefault("papermill", {})["parameters"] = run.parameters
+        nb["metadata"].setdefault("nb2svc", {})["run"] = run.id
         path = self.files.work_dir(run.id) / "input.ipynb"
-        nbformat.write(nb, path)
+        # as nbformat writes it, without validating again what the template and parameters_source made valid
+        path.write_text(json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
         return path
 
     async def _execute(self, run: Run, km: AsyncKernelManager, reasons: list[str]) -> tuple[str, dict[str, Any]]:
@@ -295,12 +300,6 @@ class TrainingExecutor:
             values, fetched = await self.references.fetch(run.parameters, work / "inputs")
         except FetchError as e:
             return "failed", {"error": _error("reference_error", str(e))}
-        try:
-            await point_artifacts(km, (work / "artifacts").resolve())
-        except Exception as e:  # killed by cancel or timeout while it started, or a broken kernel
-            if reasons:
-                return self._stopped(reasons[0])
-            return "failed", {"error": _error("kernel_failed", f"the kernel did not start: {e}")}
         return await asyncio.to_thread(self._papermill, run, km, reasons, values, fetched)
 
     def _papermill(
@@ -318,9 +317,14 @@ class TrainingExecutor:
                 progress_bar=False,
                 log_output=False,
                 nb2svc_failures=failures,
+                nb2svc_artifacts=(self.files.work_dir(run.id) / "artifacts").resolve(),
             )
         except PapermillExecutionError as e:
             return "failed", {"error": self._cell_error(e, failures)}
+        except KernelStartError as e:  # killed by cancel or timeout while it started, or a broken kernel
+            if reasons:
+                return self._stopped(reasons[0])
+            return "failed", {"error": _error("kernel_failed", f"the kernel did not start: {e}")}
         except Exception as e:  # the kernel died: killed by cancel or timeout, or crashed
             if reasons:
                 return self._stopped(reasons[0])
