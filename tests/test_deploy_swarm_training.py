@@ -11,6 +11,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -18,6 +19,7 @@ import pytest
 
 from nb2svc import inspect_notebook
 from nb2svc.build import build, push
+from nb2svc.deploy.swarm_spec import Plan, Release, SwarmSettings, service_kwargs
 from nb2svc.render import BuildOptions, render
 
 from .conftest import BASE, NOTEBOOKS
@@ -27,7 +29,29 @@ RUN = uuid.uuid4().hex[:8]
 NAME = f"nb2svc-tt-{RUN}"
 PART_OF = "nb2svc.deploy.part-of"
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+def test_the_redis_and_the_runs_volume_are_kept_in_the_services_labels_and_mounted() -> None:
+    """What an update or a resume reads back: a Plan from the spec it wrote (no Docker needed)."""
+    plan = Plan(
+        name="train",
+        release=Release("127.0.0.1:5000/team/train:v1", kind="training"),
+        replicas=2,
+        network="nb2svc-train",
+        url="http://127.0.0.1:1",
+        env={"NB2SVC_QUEUE_URL": "redis://:pw@train-redis:6379/0"},
+        runs_volume="nb2svc-train-runs",
+        redis="train-redis",
+    )
+    spec = service_kwargs(plan, SwarmSettings())
+    container = {"Env": spec["env"]}
+    back = Plan.from_service({"Spec": {"Labels": spec["labels"], "TaskTemplate": {"ContainerSpec": container}}})
+    assert (back.runs_volume, back.redis, back.env) == ("nb2svc-train-runs", "train-redis", plan.env)
+    [mount] = spec["mounts"]
+    assert (mount["Source"], mount["Target"], mount["Type"]) == ("nb2svc-train-runs", "/var/lib/nb2svc/runs", "volume")
+    assert mount["VolumeOptions"]["Labels"] == {PART_OF: "train"}
+    plain = service_kwargs(replace(plan, runs_volume=None, env={"NB2SVC_RUNS_DIR": "/data"}), SwarmSettings())
+    assert plain["mounts"] == [] and "nb2svc.deploy.runs.volume" not in plain["labels"]
+    assert replace(plan, env={"NB2SVC_RUNS_DIR": "/data"}).runs_dir == "/data"
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +105,8 @@ def wait_for(http: httpx.Client, run_id: str, statuses: set[str], seconds: float
     raise AssertionError(f"run {run_id}: {http.get(f'/runs/{run_id}').text}")
 
 
+@pytest.mark.docker
+@pytest.mark.slow
 def test_two_training_replicas_share_a_redis_and_a_runs_volume(client: Any, image: str, cleanup: None) -> None:
     done = nb2svc("deploy", image, "--name", NAME, "--replicas", "2", "--with-redis", "--json")
     assert done.returncode == 0, done.stderr
@@ -155,6 +181,8 @@ def test_two_training_replicas_share_a_redis_and_a_runs_volume(client: Any, imag
     assert all(r["name"] != NAME for r in ok("deployments"))
 
 
+@pytest.mark.docker
+@pytest.mark.slow
 def test_with_redis_is_for_training_on_swarm(image: str, cleanup: None) -> None:
     done = nb2svc("deploy", image, "--name", f"{NAME}-k", "--target", "kubernetes", "-o", "/tmp/x", "--with-redis")
     assert done.returncode == 2 and "--with-redis is for --target swarm" in done.stderr, done.stderr
