@@ -98,6 +98,7 @@ class _Engine(NBClientEngine):  # type: ignore[misc]  # papermill has no type hi
             plain(cell, cell_index=cell_index, **kw)
 
         nb_man.cell_exception = cell_exception
+        nb_man.cell_start = _quick_start(nb_man)
         artifacts: Path = kwargs.pop("nb2svc_artifacts")
         # papermill's own method, with its client made ready the quick way (see _Client)
         timeout = kwargs.pop("execution_timeout", None) or kwargs.get("timeout")
@@ -109,6 +110,31 @@ class _Engine(NBClientEngine):  # type: ignore[misc]  # papermill has no type hi
         client = _Client(nb_man, **options)
         client.artifacts = artifacts
         return client.execute()
+
+
+SAVE_GAP_S = 0.5
+
+
+def _quick_start(nb_man: Any) -> Any:
+    """papermill's ``cell_start``, not saving the notebook again when it was saved under SAVE_GAP_S ago.
+
+    papermill writes the whole notebook as each cell starts and as it ends: ~1 ms a save for a short notebook, and
+    more the longer it grows. Right after the previous cell's end was saved, the file is at most the new cell's
+    "running" mark behind, and that mark is saved with the next save.
+    """
+    plain_start, plain_save = nb_man.cell_start, nb_man.save
+
+    def cell_start(cell: Any, cell_index: int | None = None, **kw: Any) -> None:
+        if (nb_man.now() - nb_man.last_save_time).total_seconds() >= SAVE_GAP_S:
+            plain_start(cell, cell_index=cell_index, **kw)
+            return
+        nb_man.save = lambda **_: None
+        try:
+            plain_start(cell, cell_index=cell_index, **kw)
+        finally:
+            nb_man.save = plain_save
+
+    return cell_start
 
 
 class _Client(PapermillNotebookClient):  # type: ignore[misc]  # papermill has no type hints
