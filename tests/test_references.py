@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -184,3 +185,25 @@ def test_path_inside_a_list_or_dict_is_refused(annotation: str) -> None:
 
     with pytest.raises(TypeNotSupported, match="Path is a parameter's own type"):
         parse_annotation(ast.parse(annotation, mode="eval").body)
+
+
+def test_the_prediction_log_keeps_the_reference_sent_not_the_fetched_copy(
+    serve: Callable[..., Service], https: tuple[str, Path], settings: dict[str, str], tmp_path: Path
+) -> None:
+    from nb2svc.runtime.predictions import open_log
+
+    log = f"sqlite:///{tmp_path / 'log.sqlite'}"
+    svc = serve(NOTEBOOKS / "path_serving.ipynb", {**settings, "NB2SVC_LOG_URL": log})
+    url = f"{https[0]}/data.csv"
+    r = svc.post("/invoke", {"data": url})
+    assert r.status_code == 200, r.text
+    assert r.json()["local"] != url  # the notebook saw its local copy
+    db = open_log(log)
+    try:
+        deadline = time.monotonic() + 30
+        while not (rows := db.read("path_serving")):
+            assert time.monotonic() < deadline, "the prediction was never written"
+            time.sleep(0.1)
+    finally:
+        db.close()
+    assert rows[0].parameters["data"] == url  # what the caller sent: a copy in a removed scratch folder means nothing

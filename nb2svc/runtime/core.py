@@ -119,8 +119,8 @@ class Core:
                 request = replace(request, values=await asyncio.to_thread(self.parameters, request))
             if self.references is not None and (request.method, template) == ("POST", "/invoke"):
                 scratch = tempfile.mkdtemp(prefix="nb2svc-inputs-")  # removed once answered
-                values = await self.references.bind(self.parameters(request), Path(scratch))
-                request = replace(request, values=values)
+                sent = self.parameters(request)
+                request = replace(request, values=await self.references.bind(sent, Path(scratch)), sent=sent)
             reply = await handler(request, params)
         except HTTPError as e:
             reply = self._error(e)
@@ -228,7 +228,7 @@ class _ServingAPI:
         if self.recorder.sampled():
             self.recorder.record(
                 prediction_id,
-                {**self._defaults, **values},
+                {**self._defaults, **(values if request.sent is None else request.sent)},  # the URL, not the copy
                 reply.body,
                 latency,
                 self.core.config.instance,

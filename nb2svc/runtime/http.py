@@ -19,6 +19,7 @@ class Request:
     query: Mapping[str, str] = field(default_factory=dict)
     headers: Mapping[str, str] = field(default_factory=dict)
     values: dict[str, Any] | None = None  # the parameters, when the core already read them off the event loop
+    sent: dict[str, Any] | None = None  # the parameters as sent, where references were fetched into ``values``
 
 
 @dataclass
