@@ -173,3 +173,28 @@ def test_s3_holds_notebooks_and_artifacts_for_every_replica(
     keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])}
     assert not [k for k in keys if runs[0]["id"] in k]
     assert a.http.get(f"/runs/{runs[0]['id']}/notebook").status_code == 404
+
+
+def test_the_s3_cache_keeps_to_its_bound_least_recently_used_first(
+    serve: Callable[..., Service], s3_bucket: tuple[Any, str, dict[str, str]], tmp_path: Path
+) -> None:
+    _, bucket, aws = s3_bucket
+    runs_dir = tmp_path / "runs"
+    env = {"NB2SVC_STORAGE_URL": f"s3://{bucket}/bounded", "NB2SVC_RUNS_DIR": str(runs_dir), **aws}
+    svc = serve(NOTEBOOKS / "training.ipynb", {**env, "NB2SVC_S3_CACHE_BYTES": "1"})
+    first, second = (svc.post("/runs?wait=60", {"steps": n, "message": "m"}).json() for n in (2, 3))
+    assert [first["status"], second["status"]] == ["succeeded"] * 2, (first["error"], second.get("error"))
+    cache = runs_dir / ".s3-cache"
+
+    def cached() -> set[str]:
+        return {p.parent.name for p in cache.rglob("notebook.ipynb")}
+
+    assert svc.http.get(f"/runs/{first['id']}/notebook").status_code == 200
+    assert cached() == {first["id"]}
+    old = time.time() - 60  # used a minute ago: past the few seconds a response may still be opening it
+    os.utime(cache / first["id"] / "notebook.ipynb", (old, old))
+    assert svc.http.get(f"/runs/{second['id']}/notebook").status_code == 200
+    assert cached() == {second["id"]}  # over the bound: the least recently used went, the one just fetched stays
+    again = svc.http.get(f"/runs/{first['id']}/notebook")  # downloaded again
+    assert again.status_code == 200 and json.loads(again.text)["metadata"]["nb2svc"]["run"] == first["id"]
+    assert cached() == {first["id"], second["id"]}  # the second was used a moment ago: kept although over the bound

@@ -31,6 +31,7 @@ class Config:
     # training on many replicas (docs/scale-out.md)
     queue_url: str = ""  # NB2SVC_QUEUE_URL: redis://… shares runs and queue between replicas; "": embedded
     storage_url: str = ""  # NB2SVC_STORAGE_URL: s3://bucket/prefix for notebooks and artifacts; "": NB2SVC_RUNS_DIR
+    s3_cache_bytes: int = 1024 * 1024 * 1024  # NB2SVC_S3_CACHE_BYTES: downloaded run files kept, least recent go
     lease_s: float = 15.0  # NB2SVC_LEASE: a replica silent this long is lost; its runs fail or queue again
     # inputs by reference (Path parameters)
     fetch_max_bytes: int = 1024 * 1024 * 1024  # NB2SVC_FETCH_MAX_BYTES
@@ -79,6 +80,7 @@ class Config:
             image=env.get("NB2SVC_IMAGE") or f"sha256:{spec.sha256[:12]}",
             queue_url=_url(env, "NB2SVC_QUEUE_URL", {"redis", "rediss", "unix"}, "redis://HOST:6379/0"),
             storage_url=_url(env, "NB2SVC_STORAGE_URL", {"s3"}, "s3://BUCKET/PREFIX"),
+            s3_cache_bytes=int(num("NB2SVC_S3_CACHE_BYTES", cls.s3_cache_bytes)),
             lease_s=max(3.0, float(num("NB2SVC_LEASE", cls.lease_s, float))),
             fetch_max_bytes=int(num("NB2SVC_FETCH_MAX_BYTES", cls.fetch_max_bytes)),
             fetch_timeout=max(0.1, float(num("NB2SVC_FETCH_TIMEOUT", cls.fetch_timeout, float))),

@@ -80,7 +80,7 @@ def open_stores(config: Config, service: str) -> tuple[RunStore, Queue, Lifecycl
     if config.storage_url:
         from .s3 import S3Storage
 
-        storage = S3Storage(config.storage_url, config.runs_dir)
+        storage = S3Storage(config.storage_url, config.runs_dir, config.s3_cache_bytes)
     else:
         from .disk import DiskStorage
 
