@@ -41,7 +41,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -49,7 +48,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from run import HEADERS, REQUEST_TIMEOUT, Server, free_port, machine, percentile, table
+from run import HEADERS, REQUEST_TIMEOUT, Server, concurrent_calls, free_port, machine, percentile, table
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -421,43 +420,10 @@ def concurrent(port: int, ep: Endpoint, clients: int, per_client: int) -> tuple[
     """``clients`` threads, each a keep-alive connection sending ``per_client`` requests back to back: the
     latencies of the 200 answers, the wall time, and what came back instead of a 200 (status: body)."""
     body, path = ep.encode(PARAMS), ep.path
-    barrier = threading.Barrier(clients + 1)
-    latencies: list[list[float]] = [[] for _ in range(clients)]
-    refused: list[str] = []
-    errors: list[BaseException] = []
-
-    def client(i: int) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=REQUEST_TIMEOUT)
-        try:
-            call(conn, path, body)
-            barrier.wait(REQUEST_TIMEOUT)
-            for _ in range(per_client):
-                t = time.perf_counter()
-                status, data = call(conn, path, body)
-                if status == 200:
-                    latencies[i].append(time.perf_counter() - t)
-                else:
-                    refused.append(f"{status}: {data[:120].decode(errors='replace')}")
-        except BaseException as e:
-            errors.append(e)
-            barrier.abort()
-        finally:
-            conn.close()
-
-    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
-    for t in threads:
-        t.start()
     try:
-        barrier.wait(REQUEST_TIMEOUT)
-    except threading.BrokenBarrierError:
-        raise RuntimeError(f"{ep.name}: a client failed: {errors[0] if errors else 'timeout'}") from None
-    started = time.perf_counter()
-    for t in threads:
-        t.join(REQUEST_TIMEOUT * 4)
-    wall = time.perf_counter() - started
-    if errors or any(t.is_alive() for t in threads):
-        raise RuntimeError(f"{ep.name}: a client failed: {errors[0] if errors else 'timeout'}")
-    return [x for per in latencies for x in per], wall, refused
+        return concurrent_calls(port, clients, per_client, 1, lambda conn: call(conn, path, body))
+    except RuntimeError as e:
+        raise RuntimeError(f"{ep.name}: {e}") from None
 
 
 def _ms(seconds: float) -> float:

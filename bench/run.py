@@ -28,7 +28,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -230,20 +230,42 @@ def sequential(conn: http.client.HTTPConnection, count: int) -> tuple[list[float
 
 def concurrent(port: int, clients: int, per_client: int, warmup: int) -> tuple[list[float], float]:
     """``clients`` threads, each a keep-alive connection sending ``per_client`` requests back to back."""
+
+    def invoke(conn: http.client.HTTPConnection) -> tuple[int, bytes]:
+        return 200, post_invoke(conn)  # anything but a 200 raises: the benchmark stops
+
+    latencies, wall, _ = concurrent_calls(port, clients, per_client, warmup, invoke)
+    return latencies, wall
+
+
+def concurrent_calls(
+    port: int,
+    clients: int,
+    per_client: int,
+    warmup: int,
+    request: Callable[[http.client.HTTPConnection], tuple[int, bytes]],
+) -> tuple[list[float], float, list[str]]:
+    """``clients`` threads, each a keep-alive connection making ``per_client`` requests back to back after
+    ``warmup`` unmeasured ones: the latencies of the 200 answers, the wall time, and what came back instead of a
+    200 (``status: body``). ``request`` makes one request and returns its status and body."""
     barrier = threading.Barrier(clients + 1)
     latencies: list[list[float]] = [[] for _ in range(clients)]
+    refused: list[str] = []
     errors: list[BaseException] = []
 
     def client(i: int) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=REQUEST_TIMEOUT)
         try:
             for _ in range(warmup):
-                post_invoke(conn)
+                request(conn)
             barrier.wait(REQUEST_TIMEOUT)
             for _ in range(per_client):
                 t = time.perf_counter()
-                post_invoke(conn)
-                latencies[i].append(time.perf_counter() - t)
+                status, data = request(conn)
+                if status == 200:
+                    latencies[i].append(time.perf_counter() - t)
+                else:
+                    refused.append(f"{status}: {data[:120].decode(errors='replace')}")
         except BaseException as e:
             errors.append(e)
             barrier.abort()
@@ -263,7 +285,7 @@ def concurrent(port: int, clients: int, per_client: int, warmup: int) -> tuple[l
     wall = time.perf_counter() - started
     if errors or any(t.is_alive() for t in threads):
         raise RuntimeError(f"a client failed: {errors[0] if errors else 'timeout'}")
-    return [x for per in latencies for x in per], wall
+    return [x for per in latencies for x in per], wall, refused
 
 
 def percentile(values: Sequence[float], q: int) -> float:
