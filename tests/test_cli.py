@@ -30,6 +30,8 @@ def test_inspect_prints_the_typed_api_as_a_table() -> None:
     for text in ["features", "list[float]", "Literal['adam', 'sgd']", "dict[str, float]", "Optional[str]", "yes"]:
         assert text in r.stdout
     assert "Outputs" in r.stdout and "the sum times epochs" in r.stdout
+    # piped: the title lines are not padded with spaces to the table's width
+    assert "Parameters" in r.stdout.splitlines() and "Outputs" in r.stdout.splitlines()
 
 
 def test_inspect_json_and_openapi() -> None:

@@ -64,3 +64,9 @@ def progress_printer(show_progress: bool) -> Any:
             console.print(escape(line), style="dim" if line.startswith(" ---> ") else None, soft_wrap=True)
 
     return show
+
+
+def print_table(console: Console, title: str, table: Any) -> None:
+    """A table under its title line; rich's own table title is padded with spaces to the table's width."""
+    console.print(escape(title), style="italic", highlight=False, soft_wrap=True)
+    console.print(table)

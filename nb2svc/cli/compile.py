@@ -13,7 +13,7 @@ from rich.table import Table
 from ..client import Client
 from ..openapi import openapi_document
 from ..spec import ServiceSpec, inspect_notebook
-from ._base import kind_option, main
+from ._base import kind_option, main, print_table
 
 
 def _show(spec: ServiceSpec) -> None:
@@ -23,20 +23,20 @@ def _show(spec: ServiceSpec) -> None:
     console.print(f"[bold]{spec.notebook.name}[/]  kind: {spec.kind}  sha256: {spec.sha256[:12]}")
     cells = f"setup cells {[c.number for c in spec.setup_cells]}, parameters cell {spec.parameters_cell.number}"
     console.print(cells + (f", outputs cell {spec.outputs_cell.number}" if spec.outputs_cell else ""))
-    table = Table(title="Parameters", title_justify="left")
+    table = Table()
     for col in ("name", "type", "default", "required", "help"):
         table.add_column(col)
     for p in spec.parameters:
         default = json.dumps(p.default) if p.has_default else f"= {p.default_source}"
         table.add_row(p.name, escape(p.type.python()), escape(default), "yes" if p.required else "", escape(p.help))
-    console.print(table)
+    print_table(console, "Parameters", table)
     if spec.outputs:
-        out = Table(title="Outputs", title_justify="left")
+        out = Table()
         for col in ("name", "type", "help"):
             out.add_column(col)
         for o in spec.outputs:
             out.add_row(o.name, escape(o.type.python()), escape(o.help))
-        console.print(out)
+        print_table(console, "Outputs", out)
     if spec.requirements:
         console.print("requirements: " + escape(" ".join(spec.requirements)))
     if spec.system_packages:

@@ -20,7 +20,7 @@ from rich.table import Table
 from ..deploy.engine import Deployment, DeployOptions, engine
 from ..deploy.labels import ImageInfo
 from ..errors import ExternalError
-from ._base import main, progress_option, progress_printer
+from ._base import main, print_table, progress_option, progress_printer
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
@@ -151,7 +151,7 @@ def deployments(as_json: bool) -> None:
     console = Console()
     if not console.is_terminal:  # piped: one line a deployment
         console.width = 200
-    table = Table(title=f"{len(found)} deployment{'' if len(found) == 1 else 's'}", title_justify="left")
+    table = Table()
     shared = any(d.redis for d in found)  # the column only where some deployment has its own Redis
     for col in ("name", "image", "notebook", "kind", "commit", "replicas", "url", "state", *(("redis",) * shared)):
         table.add_column(col, overflow="fold")
@@ -161,7 +161,7 @@ def deployments(as_json: bool) -> None:
         if shared:
             row.append(f"{d.redis[1]}/{d.redis[2]}" if d.redis else "")
         table.add_row(*row)
-    console.print(table)
+    print_table(console, f"{len(found)} deployment{'' if len(found) == 1 else 's'}", table)
 
 
 @main.command()

@@ -13,7 +13,7 @@ from rich.table import Table
 from ..deploy.catalog import ModelRow, list_models, split_location
 from ..deploy.labels import Declared, ImageResources
 from ..spec import KINDS
-from ._base import main
+from ._base import main, print_table
 
 
 def _declared(items: tuple[Declared, ...]) -> str:
@@ -35,7 +35,7 @@ def _show(location: str, rows: list[ModelRow]) -> None:
     if not console.is_terminal:  # piped: don't wrap types and card fields at 80 columns
         console.width = 160
     title = f"{location}: {len(rows)} image{'' if len(rows) == 1 else 's'}"
-    table = Table(title=title, title_justify="left", show_lines=True)
+    table = Table(show_lines=True)
     for col in ("image", "kind", "parameters", "outputs", "resources", "notebook", "commit", "card"):
         table.add_column(col, overflow="fold", no_wrap=col in ("commit",))
     path = split_location(location)[1]
@@ -57,7 +57,7 @@ def _show(location: str, rows: list[ModelRow]) -> None:
             escape((row.commit or "")[:12]),
             _card(row.card),
         )
-    console.print(table)
+    print_table(console, title, table)
 
 
 @main.command()
