@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import docker
 import httpx
 import nbformat
 import pytest
@@ -367,6 +368,16 @@ def test_run_reports_a_failed_setup_and_removes_the_container(client: Any, tmp_p
     assert {c.id for c in client.containers.list(all=True, filters=mine)} <= before  # nothing left behind
 
 
+def _exists(client: Any, container_id: str) -> bool:
+    # One inspect, not containers.list(): list inspects every container it listed, and one that --rm removes
+    # meanwhile makes it raise NotFound.
+    try:
+        client.containers.get(container_id)
+    except docker.errors.NotFound:
+        return False
+    return True
+
+
 def test_run_cli_with_rm_leaves_nothing_when_the_container_stops(client: Any, tmp_path: Path) -> None:
     context = render(inspect_notebook(SAMPLE), tmp_path / "ctx", BuildOptions(backend="openfaas", base=BASE))
     image = build(context, "nb2svc-test/iris-rm:1", client=client)
@@ -385,9 +396,9 @@ def test_run_cli_with_rm_leaves_nothing_when_the_container_stops(client: Any, tm
         assert httpx.get(f"{r.stdout.strip()}/health", timeout=10).status_code == 200
         container.stop(timeout=10)
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and any(c.id == container.id for c in client.containers.list(all=True)):
+        while time.monotonic() < deadline and _exists(client, container.id):
             time.sleep(0.2)
-        assert not any(c.id == container.id for c in client.containers.list(all=True))
+        assert not _exists(client, container.id)
     finally:
-        if any(c.id == container.id for c in client.containers.list(all=True)):
+        if _exists(client, container.id):
             container.remove(force=True)
