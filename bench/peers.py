@@ -6,7 +6,8 @@ sample_notebooks/iris_nearest.ipynb is served by ``nb2svc serve`` (default: one 
 ``NB2SVC_WORKERS=0``; its cells, copied into bench/peers/iris_model.py, are served by each peer from a venv of
 its own (made once under ~/.cache/nb2svc-bench/peers/<name>, or $NB2SVC_BENCH_CACHE/<name>, and reused):
 
-- ``fastapi``: a hand-written FastAPI endpoint with a pydantic model, on uvicorn (h11), bench/peers/iris_fastapi.py;
+- ``fastapi``: a hand-written FastAPI endpoint with a pydantic model, on uvicorn (httptools, uvloop: nb2svc's stack),
+  bench/peers/iris_fastapi.py;
 - ``bentoml``: BentoML 1.4.40, ``bentoml serve`` of bench/peers/iris_bentoml.py;
 - ``mlserver``: MLServer 1.7.1, a custom runtime (bench/peers/iris_mlserver.py) behind the V2 inference protocol;
 - ``litserve``: LitServe 0.2.19, bench/peers/iris_litserve.py;
@@ -202,10 +203,16 @@ ENDPOINTS = [
     Endpoint("nb2svc_workers_0", "nb2svc serve, NB2SVC_WORKERS=0", "/invoke", env={"NB2SVC_WORKERS": "0"}),
     Endpoint(
         "fastapi",
-        "FastAPI + pydantic on uvicorn (h11)",
+        "FastAPI + pydantic on uvicorn (httptools, uvloop)",
         "/invoke",
-        (_pin("fastapi", "0.165.0"), _pin("pydantic", "2.14.4"), _pin("uvicorn", "0.55.0")),
-        note="hand-written; fastapi, pydantic and uvicorn pinned to the versions nb2svc's venv runs",
+        (
+            _pin("fastapi", "0.165.0"),
+            _pin("pydantic", "2.14.4"),
+            _pin("uvicorn", "0.55.0"),
+            _pin("httptools", "0.9.0"),
+            _pin("uvloop", "0.23.0"),
+        ),
+        note="hand-written; fastapi, pydantic, uvicorn, httptools and uvloop pinned to the versions nb2svc's venv runs",
     ),
     Endpoint("bentoml", "BentoML", "/invoke", ("bentoml==1.4.40",)),
     Endpoint(

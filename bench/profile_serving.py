@@ -6,7 +6,7 @@ Parts (medians of many calls, microseconds):
   - ``ServingExecutor.invoke``: the worker round trip plus the idle-worker queue, timeout guard and output check;
   - the whole ASGI app called directly (no socket, no HTTP parsing), nb2svc against the hand-written FastAPI app;
   - input validation (``Validator``: jsonschema), output validation (jsonschema);
-  - the worker round trip over its JSON-lines pipe (``Worker.call``), and the same work without the pipe
+  - the worker round trip over its length-prefixed pipe (``Worker.submit``), and the same work without the pipe
     (``Session.invoke`` in this process): their difference is the cost of the process hop;
   - a bare pipe echo through a ``cat`` subprocess with the same asyncio streams: the floor of any process hop.
 
@@ -146,13 +146,12 @@ async def main() -> int:
 
     worker = await Worker.spawn(str(SERVING_NB.parent))
     try:
-        assert (await worker.call({"op": "setup", "plan": plan(spec)}))["ok"]
-        rows.append(
-            (
-                "worker round trip (Worker.call: pipe + worker)",
-                await time_async(lambda: worker.call({"op": "invoke", "values": values})),
-            )
-        )
+        assert json.loads(await worker.submit({"op": "setup", "plan": plan(spec)}).answer)["ok"]
+
+        async def round_trip() -> Any:
+            return await worker.submit({"op": "invoke", "values": values}, 60.0).answer
+
+        rows.append(("worker round trip (Worker.submit: pipe + worker, no polling)", await time_async(round_trip)))
     finally:
         await worker.kill()
 

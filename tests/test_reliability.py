@@ -221,6 +221,7 @@ def test_killing_the_server_ends_its_workers_even_mid_request(tmp_path: Path) ->
     while len(workers := _children(svc.proc.pid)) < 2:
         assert time.monotonic() < deadline, "the workers did not start"
         time.sleep(0.2)
+
     def spin() -> None:
         with contextlib.suppress(httpx.HTTPError):
             httpx.post(f"{svc.url}/invoke", json={"spin": True}, timeout=5)

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from nb2svc import inspect_notebook, openapi_document
@@ -232,6 +236,53 @@ def test_a_slow_request_times_out_with_504_and_the_worker_survives(bad: Service)
     r = bad.post("/invoke", {"mode": "sleep"})
     assert (r.status_code, r.json()["error"]) == (504, "timeout")
     assert bad.post("/invoke", {"n": 2}).json()["value"] == 2.0
+
+
+def _at_once(svc: Service, *bodies: dict[str, Any], gap: float = 0.3) -> list[httpx.Response]:
+    """POST each body on a connection of its own, ``gap`` seconds apart, and wait for every answer."""
+    answers: list[httpx.Response | None] = [None] * len(bodies)
+
+    def post(i: int) -> None:
+        answers[i] = httpx.post(f"{svc.url}/invoke", json=bodies[i], timeout=60)
+
+    threads = [threading.Thread(target=post, args=(i,)) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+        time.sleep(gap)
+    for t in threads:
+        t.join(90)
+    assert all(a is not None for a in answers)
+    return [a for a in answers if a is not None]
+
+
+def test_a_request_waiting_behind_one_that_times_out_is_not_stopped_with_it(bad: Service) -> None:
+    """The worker holds the next request in its pipe while one runs: the timeout stops the running one only."""
+    slow, queued = _at_once(bad, {"mode": "sleep"}, {"n": 9})
+    assert (slow.status_code, slow.json()["error"]) == (504, "timeout")
+    assert (queued.status_code, queued.json()) == (200, {"value": 9.0, "previous": None})
+
+
+def test_a_request_waiting_behind_one_that_kills_the_worker_runs_on_the_next_worker(bad: Service) -> None:
+    assert bad.post("/invoke", {"n": 1}).status_code == 200  # a worker is up
+    crash, queued = _at_once(bad, {"mode": "crash"}, {"n": 8}, gap=0.05)
+    assert (crash.status_code, crash.json()["error"]) == (500, "worker_died")
+    assert (queued.status_code, queued.json()) == (200, {"value": 8.0, "previous": None})
+
+
+def test_a_sigint_the_server_did_not_send_stops_no_request(bad: Service) -> None:
+    """A Ctrl-C in the server's terminal reaches its workers too: only the server's own timeout interrupts."""
+    assert bad.proc is not None
+    (worker,) = (int(c) for c in Path(f"/proc/{bad.proc.pid}/task/{bad.proc.pid}/children").read_text().split())
+    box: list[httpx.Response] = []
+    t = threading.Thread(target=lambda: box.append(bad.post("/invoke", {"mode": "sleep"})))
+    t.start()
+    time.sleep(0.5)
+    os.kill(worker, signal.SIGINT)  # before the fix: KeyboardInterrupt, an immediate 504
+    started = time.monotonic()
+    t.join(30)
+    assert (box[0].status_code, box[0].json()["error"]) == (504, "timeout")
+    assert time.monotonic() - started > 1.0  # stopped at the 2 s timeout, not by the stray signal
+    assert bad.post("/invoke", {"n": 3}).json()["value"] == 3.0
 
 
 @pytest.mark.parametrize("mode", ["nan", "wrong_type"])

@@ -2,7 +2,8 @@
 
     python iris_fastapi.py --port 8000    # from bench/peers/, in the peer's own venv
 
-Served by uvicorn (h11, no uvloop) with the settings ``nb2svc serve`` uses (log level warning, no access log).
+Served by uvicorn (httptools and uvloop, as nb2svc is) with the settings ``nb2svc serve`` uses (log level
+warning, no access log).
 The endpoint is async, like bench/handwritten_fastapi.py's (a sync one would run in a thread pool).
 """
 

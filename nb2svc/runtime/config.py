@@ -14,6 +14,7 @@ from ..spec import ServiceSpec
 @dataclass(frozen=True)
 class Config:
     workers: int = 1  # serving: processes that each hold the notebook's state; 0: this process (no isolation)
+    spin: float = 200e-6  # NB2SVC_SPIN_US: seconds server and worker poll for each other per request; 0: never
     max_body: int = 10 * 1024 * 1024  # bytes; larger bodies get a 413
     max_output: int = 256 * 1024 * 1024  # bytes of a serving answer's JSON; larger is a 500 output_error
     timeout: float = 60.0  # seconds per request (serving) or per run (training)
@@ -65,6 +66,7 @@ class Config:
             raise Nb2svcError(f"NB2SVC_LOG_SAMPLE={env['NB2SVC_LOG_SAMPLE']!r} is a share of predictions: 0 to 1")
         return cls(
             workers=int(num("NB2SVC_WORKERS", 1)),
+            spin=num("NB2SVC_SPIN_US", cls.spin * 1e6, float) / 1e6,
             max_body=int(num("NB2SVC_MAX_BODY", cls.max_body)),
             max_output=max(1024, int(num("NB2SVC_MAX_OUTPUT", cls.max_output))),
             timeout=timeout,

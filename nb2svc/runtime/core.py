@@ -114,6 +114,8 @@ class Core:
         scratch = None
         try:
             template, handler, params = self._route(request)
+            if template == "/invoke" and isinstance(self.executor, ServingExecutor):
+                self.executor.expect()  # the worker wakes while the body is checked
             if len(request.body) > _PARSE_INLINE and (request.method, template) in _TAKES_PARAMETERS:
                 # A large body is read and checked in a thread: other requests (and /health) go on meanwhile.
                 request = replace(request, values=await asyncio.to_thread(self.parameters, request))

@@ -1,8 +1,8 @@
 """The process that holds a serving notebook's state: setup once, then one request at a time.
 
 Started by :mod:`nb2svc.runtime.serving` as ``python -m nb2svc.runtime.worker``. It speaks
-newline-delimited JSON on its original stdin/stdout; the notebook's own prints go to stderr,
-so they reach the service's log and cannot corrupt the protocol. A crash here (``os._exit``,
+length-prefixed JSON messages (:class:`Pipe`) on its original stdin/stdout; the notebook's own
+prints go to stderr, so they reach the service's log and cannot corrupt the protocol. A crash here (``os._exit``,
 a segfault in a C extension) ends this process only: the service answers 500 and starts a
 new one.
 
@@ -14,20 +14,23 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
+import struct
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
-from types import CodeType, TracebackType
-from typing import IO, Any
+from types import CodeType, FrameType, TracebackType
+from typing import Any
 
 from .errors import is_invalid_input
 from .outputs import NotJSONError, to_jsonable
 
 Message = dict[str, Any]
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+HEADER = struct.Struct("<Q")  # each message: its length, then that many bytes of JSON
+_READ = 1 << 16
 
 
 def _error(cell: int, exc: BaseException) -> Message:
@@ -109,24 +112,124 @@ class Session:
         return {"ok": True, "outputs": outputs}
 
 
-def serve(read: IO[bytes], write: Callable[[Message], None]) -> None:
+class Pipe:
+    """The worker's end of the protocol: blocking reads and writes of whole messages.
+
+    An empty message is the server's word that a request is on its way: the worker then polls its pipe for
+    up to ``poke_spin`` seconds instead of sleeping in ``read``. A process asleep is woken by the scheduler,
+    which costs tens of microseconds on a virtual machine; one that polls sees the request at once. Between
+    requests, with no word of one, it sleeps: an idle service burns no CPU.
+    """
+
+    def __init__(self, rfd: int, wfd: int) -> None:
+        self.rfd, self.wfd = rfd, wfd
+        self.poke_spin = 0.0
+        self._buf = bytearray()
+        self._poll = select.poll()
+        self._poll.register(rfd, select.POLLIN)
+
+    def read(self) -> bytes | None:
+        """The next message, or None at the end of the input (the server has gone)."""
+        buf = self._buf
+        while True:
+            if len(buf) >= HEADER.size:
+                (size,) = HEADER.unpack_from(buf)
+                end = HEADER.size + size
+                if len(buf) >= end:
+                    with memoryview(buf) as view:
+                        message = bytes(view[HEADER.size : end])
+                    del buf[:end]
+                    if message:
+                        return message
+                    self._spin(time.perf_counter() + self.poke_spin)  # the word that a request is coming
+                    continue
+                want = end - len(buf)
+            else:
+                want = HEADER.size - len(buf)
+            chunk = os.read(self.rfd, max(_READ, want))
+            if not chunk:
+                return None
+            buf += chunk
+
+    def _spin(self, deadline: float) -> None:
+        poll = self._poll.poll
+        clock = time.perf_counter
+        while not poll(0) and clock() < deadline:
+            pass
+
+    def write(self, message: bytes) -> None:
+        data = memoryview(HEADER.pack(len(message)) + message)
+        while data:
+            data = data[os.write(self.wfd, data) :]
+
+
+class _Interruptible:
+    """SIGINT stops the running request if the server named it on the control pipe; it is ignored otherwise.
+
+    The server may have sent the next request already when the current one times out, so the signal
+    alone does not say which request to stop: the control pipe carries the request's number, written
+    before the signal. A Ctrl-C meant for the server's terminal stops nothing here.
+    """
+
+    def __init__(self, control: int) -> None:
+        self.control = control
+        self.current = -1  # the number of the running request; -1 between requests
+        if control >= 0:
+            os.set_blocking(control, False)
+        signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        named: set[int] = set()
+        while self.control >= 0:
+            try:
+                data = os.read(self.control, HEADER.size * 64)
+            except BlockingIOError:
+                break
+            if not data:
+                break
+            named.update(n for (n,) in HEADER.iter_unpack(data[: len(data) - len(data) % HEADER.size]))
+        if self.current >= 0 and self.current in named:
+            self.current = -1  # once: the handling below cannot be interrupted again
+            raise KeyboardInterrupt
+
+
+def encode(msg: Message, limit: int) -> bytes:
+    try:
+        data = json.dumps(msg, allow_nan=False).encode()
+    except (ValueError, TypeError) as e:  # outputs are checked already; this keeps the protocol whole
+        data = json.dumps({"ok": False, "output_error": f"the outputs could not be written as JSON: {e}"}).encode()
+    if len(data) > limit:
+        error = f"the outputs are larger than {limit} bytes (NB2SVC_MAX_OUTPUT)"
+        data = json.dumps({"ok": False, "output_error": error}).encode()
+    return data
+
+
+def serve(pipe: Pipe, control: int = -1) -> None:
     session: Session | None = None
+    guard = _Interruptible(control)
+    limit = 1 << 62
     while True:
-        try:
-            line = read.readline()
-        except KeyboardInterrupt:
-            continue  # a timeout's SIGINT that landed just after the answer went out
-        if not line:
+        line = pipe.read()
+        if line is None:
             return
         msg = json.loads(line)
         if msg["op"] == "setup":
             session = Session(msg["plan"])
-            write(session.setup())
+            limit = msg.get("limit", limit)
+            pipe.poke_spin = msg.get("poke_spin", 0.0)
+            reply = session.setup()
         elif msg["op"] == "invoke" and session is not None:
+            answered: Message | None = None
             try:
-                write(session.invoke(msg["values"]))
-            except KeyboardInterrupt as e:  # the timeout landed between cells
-                write({"ok": False, "timeout": True, "error": _error(0, e)})
+                guard.current = msg["seq"]
+                answered = session.invoke(msg["values"])
+                guard.current = -1
+            except KeyboardInterrupt as e:  # the timeout landed between cells, or just after the last one
+                answered = answered or {"ok": False, "timeout": True, "error": _error(0, e)}
+            reply = answered
+        else:
+            continue
+        pipe.write(encode(reply, limit))
 
 
 def die_with_parent() -> None:
@@ -158,25 +261,12 @@ def die_with_parent() -> None:
 
 def main() -> None:
     die_with_parent()
-    proto_in = os.fdopen(os.dup(0), "rb")
-    proto_out = os.fdopen(os.dup(1), "wb")
+    rfd, wfd = os.dup(0), os.dup(1)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.dup2(2, 1)  # the notebook's prints go to the log, never into the protocol
     sys.stdout = os.fdopen(1, "w", buffering=1)
-
-    def write(msg: Message) -> None:
-        try:
-            line = json.dumps(msg, allow_nan=False).encode()
-        except (ValueError, TypeError) as e:  # outputs are checked already; this keeps the protocol whole
-            line = json.dumps({"ok": False, "output_error": f"the outputs could not be written as JSON: {e}"}).encode()
-        proto_out.write(line + b"\n")
-        proto_out.flush()
-
-    try:
-        serve(proto_in, write)
-    except KeyboardInterrupt:
-        pass
+    serve(Pipe(rfd, wfd), int(os.environ.pop("NB2SVC_CONTROL_FD", "-1")))
 
 
 if __name__ == "__main__":
