@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from urllib.parse import parse_qsl
 
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from ..spec import ServiceSpec
@@ -36,12 +36,18 @@ class ASGIAdapter:
             reply = body
         else:
             reply = await self.core.handle(Request(request.method, request.path, body, request.query, request.headers))
-        response: Response
         if reply.file is not None:
-            response = FileResponse(reply.file, media_type=reply.content_type, headers=reply.headers)
-        else:
-            response = Response(reply.body, reply.status, reply.headers, reply.content_type)
-        await response(scope, receive, send)
+            await FileResponse(reply.file, media_type=reply.content_type, headers=reply.headers)(scope, receive, send)
+            return
+        # A body in memory is sent as two ASGI messages: no response object to build per request.
+        headers = [
+            (b"content-type", reply.content_type.encode("latin-1")),
+            *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers.items()),
+        ]
+        if reply.status not in (204, 304):  # those have no body, and say no length (RFC 9110 §8.6)
+            headers.append((b"content-length", str(len(reply.body)).encode()))
+        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        await send({"type": "http.response.body", "body": reply.body})
 
     async def _read_body(self, request: Request, receive: Receive) -> bytes | Reply:
         limit = self.core.config.max_body

@@ -134,6 +134,7 @@ def run(
         http=_protocol(_http_protocol(), header_timeout, max_connections),
         log_level="warning",
         access_log=False,
+        proxy_headers=False,  # the client's address is never used: no middleware to rewrite it per request
         lifespan="on",
         timeout_keep_alive=5,
     )
