@@ -376,12 +376,15 @@ class ServingExecutor:
         self._ready.clear()
 
     def _wake(self) -> None:
-        """Room in a worker: the longest-waiting request tries again."""
-        while self._waiting:
+        """Room in a worker (a request answered, a worker ready): as many of the longest-waiting requests try again."""
+        if not self._waiting:
+            return
+        room = sum(_DEPTH - len(w.pending) for w in self._ready if w.alive)
+        while self._waiting and room > 0:
             waiter = self._waiting.popleft()
             if not waiter.done():
                 waiter.set_result(None)
-                return
+                room -= 1
 
     def _pick(self) -> Worker | None:
         best: Worker | None = None
