@@ -8,7 +8,7 @@ Parts (medians of many calls, microseconds):
   - input validation (``Validator``: jsonschema), output validation (jsonschema);
   - the worker round trip over its length-prefixed pipe (``Worker.submit``), and the same work without the pipe
     (``Session.invoke`` in this process): their difference is the cost of the process hop;
-  - a bare pipe echo through a ``cat`` subprocess with the same asyncio streams: the floor of any process hop.
+  - a bare pipe echo through a ``cat`` subprocess with asyncio streams: the floor of any process hop.
 
 It imports nb2svc's runtime internals, so it follows their names; it is a diagnostic, not part of the API.
 """

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -22,11 +21,10 @@ from ..spec import ServiceSpec
 from .config import Config
 from .errors import HTTPError, invalid_input_error, notebook_error
 from .validation import OutputChecker
-from .worker import HEADER
+from .worker import HEADER, READ_SIZE
 
 log = logging.getLogger("nb2svc.serving")
-_LINE_LIMIT = 256 * 1024 * 1024  # one protocol message: a request or response body, JSON-encoded
-_READ = 1 << 16
+_MESSAGE_LIMIT = 256 * 1024 * 1024  # bytes of one answer from a worker (Config.max_output in a service)
 _INTERRUPT_GRACE = 2.0
 _DEPTH = 8  # requests written to one worker at once: one running, the rest waiting in its pipe
 _CALM = 8  # requests in a row alone in flight before the server polls for answers
@@ -94,7 +92,7 @@ class Worker:
         self._loop.add_reader(rfd, self._readable)
 
     @classmethod
-    async def spawn(cls, cwd: str, limit: int = _LINE_LIMIT) -> Worker:
+    async def spawn(cls, cwd: str, limit: int = _MESSAGE_LIMIT) -> Worker:
         to_worker, to_server, control = os.pipe(), os.pipe(), os.pipe()
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -202,7 +200,7 @@ class Worker:
     def _readable(self) -> None:
         while not self._eof:
             try:
-                chunk = os.read(self._rfd, max(_READ, len(self._buf)))
+                chunk = os.read(self._rfd, max(READ_SIZE, len(self._buf)))
             except BlockingIOError:
                 break
             except OSError:
@@ -335,8 +333,8 @@ class ServingExecutor:
             worker = await Worker.spawn(str(self.spec.notebook.parent), self.config.max_output)
             setup = {"op": "setup", "plan": self._plan, "limit": self.config.max_output, "poke_spin": self._spin}
             try:
-                reply = json.loads(await worker.submit(setup).answer)
-            except (WorkerDied, NotStarted, OutputTooLarge) as e:
+                reply = msgspec.json.decode(await worker.submit(setup).answer)
+            except (WorkerDied, OutputTooLarge) as e:  # the first message: it cannot be NotStarted
                 code = await worker.proc.wait()
                 why = f"the notebook's process exited with code {code}" if isinstance(e, WorkerDied) else str(e)
                 reply = {"ok": False, "error": {"cell": 0, "ename": "WorkerDied", "evalue": why, "traceback": []}}

@@ -30,7 +30,7 @@ from .outputs import NotJSONError, to_jsonable
 Message = dict[str, Any]
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 HEADER = struct.Struct("<Q")  # each message: its length, then that many bytes of JSON
-_READ = 1 << 16
+READ_SIZE = 1 << 16  # bytes asked of a pipe per read, at least: both ends use it
 
 
 def _error(cell: int, exc: BaseException) -> Message:
@@ -146,7 +146,7 @@ class Pipe:
                 want = end - len(buf)
             else:
                 want = HEADER.size - len(buf)
-            chunk = os.read(self.rfd, max(_READ, want))
+            chunk = os.read(self.rfd, max(READ_SIZE, want))
             if not chunk:
                 return None
             buf += chunk
