@@ -359,3 +359,37 @@ def test_a_notebooks_own_input_check_is_a_422(serve: Callable[..., Service], tmp
 
 def test_the_body_is_json_whatever_its_content_type(svc: Service) -> None:
     reads_the_body_as_json_whatever_its_content_type(svc)
+
+
+def test_a_worker_told_a_request_is_coming_reads_it_at_once_when_it_came_in_the_same_read() -> None:
+    """The server's word (an empty message) and the request itself can arrive in one read of the pipe.
+
+    Before the fix the worker then polled the empty pipe for its whole spin budget, the request already in its
+    buffer: up to NB2SVC_SPIN_US more per request, the common case once the server got faster.
+    """
+    from nb2svc.runtime.worker import HEADER, Pipe
+
+    rfd, wfd = os.pipe()
+    pipe = Pipe(rfd, -1)
+    pipe.poke_spin = 3600.0  # an hour: a worker that polls for it never answers within the test
+    os.write(wfd, HEADER.pack(0) + HEADER.pack(5) + b"hello")
+    got: list[bytes | None] = []
+    reader = threading.Thread(target=lambda: got.append(pipe.read()), daemon=True)
+    reader.start()
+    reader.join(30)
+    try:
+        assert got == [b"hello"], "the worker polled an empty pipe with the request in its buffer"
+    finally:
+        os.close(wfd)  # ends a reader that is still polling
+        reader.join(5)
+        os.close(rfd)
+
+
+def test_polling_for_each_other_answers_every_request(serve: Callable[..., Service], tmp_path: Path) -> None:
+    """NB2SVC_SPIN_US (off by default): the server wakes its worker ahead and polls for the answer."""
+    from .test_reliability import notebook
+
+    nb = notebook(tmp_path / "add.ipynb", "", "x: float = 1.0\ny: float = 2.0", "", "total: float = x + y")
+    svc = serve(nb, {"NB2SVC_SPIN_US": "500"})
+    for i in range(40):  # past the 8 calm requests after which both sides poll
+        assert svc.post("/invoke", {"x": i, "y": 1}).json() == {"total": i + 1.0}

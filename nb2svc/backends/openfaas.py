@@ -17,13 +17,13 @@ import threading
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl
 
 from ..runtime.config import Config
 from ..runtime.core import Core, Reply, Request
 from ..spec import inspect_notebook
 
 T = TypeVar("T")
+_ALIASES = {"/_/health": "/health"}  # the watchdog's own health route, answered when there is no watchdog
 _TEXT_TYPES = ("application/json", "text/", "application/x-ipynb+json")
 
 
@@ -63,7 +63,6 @@ class _CoreThread:
 
 _core: _CoreThread | None = None
 _lock = threading.Lock()
-_server_core: Core | None = None  # the core on the server's own loop (see _index)
 
 
 def _the_core() -> _CoreThread:
@@ -76,8 +75,7 @@ def _the_core() -> _CoreThread:
 
 def _request(event: Any) -> Request:
     path = event.path or "/"
-    if path == "/_/health":  # the watchdog's own health route, answered when there is no watchdog
-        path = "/health"
+    path = _ALIASES.get(path, path)
     return Request(
         method=event.method,
         path=path,
@@ -93,13 +91,6 @@ def handle(event: Any, context: Any) -> dict[str, Any]:
     return _response(core.run(core.core.handle(_request(event))))
 
 
-async def handle_async(event: Any, context: Any) -> dict[str, Any]:
-    """:func:`handle` for the server in this module: the core runs on the server's loop, no thread hop."""
-    if _server_core is None:
-        raise RuntimeError("handle_async needs the server's core: serve with main()")
-    return _response(await _server_core.handle(_request(event)))
-
-
 def _response(reply: Reply) -> dict[str, Any]:
     body = reply.file.read_bytes() if reply.file is not None else reply.body
     headers = {"Content-Type": reply.content_type, **reply.headers}
@@ -108,57 +99,19 @@ def _response(reply: Reply) -> dict[str, Any]:
     return {"statusCode": reply.status, "body": body.decode() if text else body, "headers": headers}
 
 
-async def _index(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """The template's ``index.py`` server, as ASGI: each request becomes an :class:`Event` for :func:`handle`."""
-    global _server_core
-    if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                _server_core = _make_core(os.environ)
-                await _server_core.start()  # setup starts before the first request
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                if _server_core is not None:
-                    await _server_core.close()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-    if scope["type"] != "http":
-        return
-    if _server_core is None:
-        raise RuntimeError("the server's core did not start")
-    limit = _server_core.config.max_body
-    chunks: list[bytes] = []
-    size, more = 0, True
-    while more and size <= limit:  # read one byte past the limit at most; the core answers the 413
-        message = await receive()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        chunks.append(chunk)
-        more = message.get("more_body", False) and message["type"] != "http.disconnect"
-    event = Event(
-        body=b"".join(chunks),
-        headers={k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]},
-        method=scope["method"],
-        query=dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)),
-        path=scope["path"],
-    )
-    res = await handle_async(event, Context())
-    body = res["body"].encode() if isinstance(res["body"], str) else res["body"]
-    headers = [(k.lower().encode("latin-1"), str(v).encode("latin-1")) for k, v in res["headers"].items()]
-    await send({"type": "http.response.start", "status": res["statusCode"], "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
 def main() -> None:
-    """Serve :func:`handle` on ``$PORT`` (8080), or on ``upstream_url``'s port behind the of-watchdog."""
+    """Serve the notebook's core on ``$PORT`` (8080), or on ``upstream_url``'s port behind the of-watchdog.
+
+    The same HTTP contract as :func:`handle`, which the python3-http template's own ``index.py`` calls.
+    """
     from ..runtime import server
 
     upstream = os.environ.get("upstream_url", "")
     behind_watchdog = os.environ.get("NB2SVC_WATCHDOG") == "1" and upstream
     port = int(upstream.rsplit(":", 1)[1]) if behind_watchdog else int(os.environ.get("PORT", "8080"))
     host = "127.0.0.1" if behind_watchdog else os.environ.get("NB2SVC_HOST", "0.0.0.0")  # noqa: S104  # a container's port
-    server.run(_index, server.bind(host, port), env=os.environ)
+    # The server hands requests to the core on its own loop: the same server as `nb2svc serve`, no thread hop.
+    server.run(_make_core(os.environ), server.bind(host, port), env=os.environ, aliases=_ALIASES)
 
 
 if __name__ == "__main__":

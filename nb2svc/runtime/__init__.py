@@ -42,13 +42,14 @@ def serve(
     """
     from ..spec import ServiceSpec, inspect_notebook
     from . import server
-    from .app import create_app
+    from .config import Config
+    from .core import Core
 
     env = os.environ if env is None else env
     spec = notebook if isinstance(notebook, ServiceSpec) else inspect_notebook(notebook, kind)
-    app = create_app(spec, env)
+    core = Core(spec, Config.from_env(env, spec))
     sock = server.bind(host, port)
     url = f"http://{host}:{sock.getsockname()[1]}"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("papermill").setLevel(logging.WARNING)  # it logs every run's paths at INFO
-    server.run(app, sock, env=env, announce=(lambda: announce(url)) if announce else None)
+    server.run(core, sock, env=env, announce=(lambda: announce(url)) if announce else None)

@@ -14,7 +14,7 @@ from ..spec import ServiceSpec
 @dataclass(frozen=True)
 class Config:
     workers: int = 1  # serving: processes that each hold the notebook's state; 0: this process (no isolation)
-    spin: float = 500e-6  # NB2SVC_SPIN_US: seconds server and worker poll for each other per request; 0: never
+    spin: float = 0.0  # NB2SVC_SPIN_US: seconds server and worker poll for each other per request; 0: never
     max_body: int = 10 * 1024 * 1024  # bytes; larger bodies get a 413
     max_output: int = 256 * 1024 * 1024  # bytes of a serving answer's JSON; larger is a 500 output_error
     timeout: float = 60.0  # seconds per request (serving) or per run (training)

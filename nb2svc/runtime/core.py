@@ -155,13 +155,14 @@ class Core:
 
     def _route(self, request: Request) -> tuple[str, Handler, dict[str, str]]:
         allowed: list[str] = []
+        wanted = "GET" if request.method == "HEAD" else request.method  # HEAD: a GET whose body is not sent
         if "\x00" not in request.path:  # %00: no route, file or run has a NUL in its name
             for method, template, pattern, handler in self._routes:
                 m = pattern.fullmatch(request.path)
                 if m:
-                    if method == request.method:
+                    if method == wanted:
                         return template, handler, m.groupdict()
-                    allowed.append(method)
+                    allowed.extend(("GET", "HEAD") if method == "GET" else (method,))
         where = request.path.replace("\x00", "%00")
         if allowed:
             raise HTTPError(

@@ -199,8 +199,9 @@ class Worker:
 
     def _readable(self) -> None:
         while not self._eof:
+            want = max(READ_SIZE, len(self._buf))
             try:
-                chunk = os.read(self._rfd, max(READ_SIZE, len(self._buf)))
+                chunk = os.read(self._rfd, want)
             except BlockingIOError:
                 break
             except OSError:
@@ -209,6 +210,8 @@ class Worker:
                 self._ended()
                 return
             self._buf += chunk
+            if len(chunk) < want:  # the pipe is drained: no read that would only say so (the loop calls again)
+                break
         try:
             while self.pending and (message := self._frame()) is not None:
                 self._answered(message)

@@ -141,7 +141,8 @@ class Pipe:
                     del buf[:end]
                     if message:
                         return message
-                    self._spin(time.perf_counter() + self.poke_spin)  # the word that a request is coming
+                    if not buf:  # the word that a request is coming; it may have come along in this read
+                        self._spin(time.perf_counter() + self.poke_spin)
                     continue
                 want = end - len(buf)
             else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -88,14 +89,39 @@ def open_log(url: str) -> PredictionLog:
     return log
 
 
+class _Entropy:
+    """Random bytes from the OS, 4 KiB at a time: one ``getrandom`` per 409 ids, not one each (12 µs on a VM)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pool = b""
+        self._at = 0
+        os.register_at_fork(after_in_child=self._forget)  # a forked child must not repeat its parent's bytes
+
+    def _forget(self) -> None:
+        self._lock = threading.Lock()
+        self._pool, self._at = b"", 0
+
+    def take(self, n: int) -> bytes:
+        with self._lock:
+            if self._at + n > len(self._pool):
+                self._pool, self._at = os.urandom(4096), 0
+            self._at += n
+            return self._pool[self._at - n : self._at]
+
+
+_entropy = _Entropy()
+
+
 def new_id(now: float | None = None) -> str:
     """A UUIDv7-style id: time-ordered (milliseconds first), then 74 random bits."""
     ms = int((time.time() if now is None else now) * 1000) & ((1 << 48) - 1)
-    rand = int.from_bytes(os.urandom(10), "big")
+    rand = int.from_bytes(_entropy.take(10), "big")
     value = (ms << 80) | (rand & ((1 << 80) - 1))
     value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
     value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
-    return str(uuid.UUID(int=value))
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def id_time(prediction_id: str) -> float | None:
