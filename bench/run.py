@@ -392,9 +392,12 @@ def bench_serving(endpoints: Mapping[str, tuple[list[str], Mapping[str, str]]], 
 
 
 def first_cell_start(nb: Json) -> float:
-    """When papermill started the notebook's first code cell (its ``metadata.papermill.start_time``), epoch s."""
+    """When papermill started the notebook's first code cell (its ``metadata.papermill.start_time``), epoch s.
+
+    The notebook's own: nb2svc's prelude cell (tagged ``nb2svc-prelude``) is not run by the service.
+    """
     for cell in nb["cells"]:
-        if cell["cell_type"] == "code":
+        if cell["cell_type"] == "code" and "nb2svc-prelude" not in cell["metadata"].get("tags", []):
             return datetime.fromisoformat(cell["metadata"]["papermill"]["start_time"]).timestamp()
     raise ValueError("the notebook has no code cell")
 

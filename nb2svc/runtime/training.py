@@ -30,7 +30,7 @@ from .errors import HTTPError, notebook_error
 from .kernels import KERNEL_NAME, KernelPool, KernelStartError, kill, shutdown
 from .outputs import OUTPUTS_MIME, recorded_outputs
 from .references import FetchError, References
-from .run_notebook import COLLECT, PRELUDE, parameters_source  # registers the "nb2svc" papermill engine
+from .run_notebook import COLLECT, PRELUDE, PRELUDE_TAG, parameters_source  # registers the "nb2svc" papermill engine
 from .runs import Run, now
 from .stores import StoreUnavailable, open_stores
 from .stores.disk import list_files
@@ -276,7 +276,7 @@ class TrainingExecutor:
             cell.setdefault("metadata", {})["nb2svc"] = {"cell": index + 1}  # the user's cell number
             cells.append(cell)
         collect = COLLECT.format(mime=json.dumps(OUTPUTS_MIME), names=json.dumps([o.name for o in self.spec.outputs]))
-        nb.cells = [new_code_cell(PRELUDE, metadata={"tags": ["nb2svc-prelude"]}), *cells]
+        nb.cells = [new_code_cell(PRELUDE, metadata={"tags": [PRELUDE_TAG]}), *cells]
         if self.spec.outputs:
             nb.cells.append(new_code_cell(collect, metadata={"tags": ["nb2svc-outputs"]}))
         return json.dumps(nb)
