@@ -1,9 +1,8 @@
-"""The Kernel Gateway backend with a real `jupyter kernelgateway`, without a container."""
+"""The Kernel Gateway backend with a real Kernel Gateway, started as the image starts it, without a container."""
 
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,10 +22,9 @@ def gateway(tmp: Path, notebook: Path, env: dict[str, str] | None = None, kernel
     spec = inspect_notebook(notebook)
     seed = tmp / "service.ipynb"
     nbformat.write(gateway_notebook(spec, str(notebook)), seed)
-    jupyter = str(Path(sys.executable).parent / "jupyter")
     svc = Service(notebook, env)
     cmd = gateway_command(str(seed), svc.port, kernels=kernels, ip="127.0.0.1")
-    cmd[0] = shutil.which("jupyter", path=str(Path(jupyter).parent)) or jupyter
+    cmd[0] = sys.executable
     svc.command = cmd
     return svc
 

@@ -13,9 +13,15 @@ Bytes that are not UTF-8 are kept too (as surrogate escapes, which survive the g
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
-from kernel_gateway.notebook_http import create_personality, handlers
+# jsonschema, which the gateway imports through nbformat and jupyter_events, imports rfc3987_syntax when it is
+# installed (jupyter_events requires it), and that builds an Earley grammar for IRIs at import: 1.5 s of the
+# gateway's start, for a format check the gateway never needs. Without it jsonschema leaves "iri" unchecked.
+sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
+
+from kernel_gateway.notebook_http import create_personality, handlers  # noqa: E402
 
 __all__ = ["create_personality", "raw_body"]
 
@@ -27,3 +33,18 @@ def raw_body(request: Any) -> str:
 
 
 handlers.parse_body = raw_body  # notebook-http's handler looks it up in its module on each request
+
+
+def main() -> None:
+    """``python3 -m nb2svc.backends.gateway_api FLAGS``: Kernel Gateway, started the quick way.
+
+    One interpreter (``jupyter kernelgateway`` starts two: the ``jupyter`` launcher, then ``jupyter-kernelgateway``),
+    and without the IRI grammar above.
+    """
+    from kernel_gateway.gatewayapp import launch_instance
+
+    launch_instance()
+
+
+if __name__ == "__main__":
+    main()

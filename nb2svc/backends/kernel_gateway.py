@@ -18,15 +18,15 @@ import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-import nbformat
-from nbformat.v4 import new_code_cell, new_notebook
+from typing import TYPE_CHECKING, Any
 
 from ..runtime.config import Config
 from ..runtime.core import Core, Reply, Request
 from ..runtime.inprocess import InProcessExecutor
 from ..spec import ServiceSpec, inspect_notebook
+
+if TYPE_CHECKING:  # nbformat imports jsonschema: at build time only, never in the gateway's kernels
+    import nbformat
 
 SERVING_ROUTES = [("POST", "/invoke"), ("POST", "/feedback")]
 TRAINING_ROUTES = [
@@ -76,6 +76,8 @@ class KernelGatewayAdapter:
 
 def gateway_notebook(spec: ServiceSpec, notebook_path: str) -> nbformat.NotebookNode:
     """The notebook the gateway serves; ``notebook_path`` is where the user's notebook is at run time."""
+    from nbformat.v4 import new_code_cell, new_notebook
+
     nb: nbformat.NotebookNode = new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     seed = (
@@ -100,10 +102,11 @@ def gateway_command(
     kernels: int = 1,
     ip: str = "0.0.0.0",  # noqa: S104  # a container's port; tests pass 127.0.0.1
 ) -> list[str]:
-    """The `jupyter kernelgateway` command line for a generated notebook."""
+    """The Kernel Gateway command line for a generated notebook (see gateway_api.main)."""
     return [
-        "jupyter",
-        "kernelgateway",
+        "python3",
+        "-m",
+        "nb2svc.backends.gateway_api",
         "--KernelGatewayApp.api=nb2svc.backends.gateway_api",  # notebook-http, bodies kept as sent
         f"--KernelGatewayApp.seed_uri={notebook}",
         f"--KernelGatewayApp.ip={ip}",
