@@ -19,6 +19,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+import msgspec
+
 from ..openapi import openapi_document
 from ..spec import ServiceSpec
 from ..types import is_path
@@ -41,6 +43,7 @@ if TYPE_CHECKING:  # imported where a training service is made: papermill costs 
 __all__ = ["Core", "Handler", "Reply", "Request", "Serving", "too_large"]
 
 log = logging.getLogger("nb2svc.core")
+_encode = msgspec.json.Encoder().encode
 INSTANCE_HEADER = "X-Nb2svc-Instance"
 PREDICTION_HEADER = "X-Prediction-Id"
 _PARSE_INLINE = 64 * 1024  # bytes: a larger body is parsed and validated off the event loop
@@ -224,7 +227,9 @@ class _ServingAPI:
     async def invoke(self, request: Request, params: dict[str, str]) -> Reply:
         values = self.core.parameters(request)
         started = time.perf_counter()
-        reply = Reply.json(await self.executor.invoke(values))
+        # The answer is JSON data already (to_jsonable refused NaN, a worker's answer was JSON): msgspec writes it
+        # 4-5x faster than json.dumps, which Reply.json keeps for bodies that could hold a NaN.
+        reply = Reply(200, _encode(await self.executor.invoke(values)))
         latency = time.perf_counter() - started
         prediction_id = new_id()
         reply.headers[PREDICTION_HEADER] = prediction_id

@@ -24,6 +24,8 @@ import traceback
 from types import CodeType, FrameType, TracebackType
 from typing import Any
 
+import msgspec
+
 from .errors import is_invalid_input
 from .outputs import NotJSONError, to_jsonable
 
@@ -31,6 +33,8 @@ Message = dict[str, Any]
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 HEADER = struct.Struct("<Q")  # each message: its length, then that many bytes of JSON
 READ_SIZE = 1 << 16  # bytes asked of a pipe per read, at least: both ends use it
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder().decode
 
 
 def _error(cell: int, exc: BaseException) -> Message:
@@ -196,9 +200,15 @@ class _Interruptible:
 
 def encode(msg: Message, limit: int) -> bytes:
     try:
-        data = json.dumps(msg, allow_nan=False).encode()
-    except (ValueError, TypeError) as e:  # outputs are checked already; this keeps the protocol whole
-        data = json.dumps({"ok": False, "output_error": f"the outputs could not be written as JSON: {e}"}).encode()
+        # msgspec: 4-5x json's speed. It writes NaN as null, but to_jsonable refused NaN already; an int past
+        # 64 bits, which msgspec does not write, goes the slower way.
+        data = _encode(msg)
+    except (OverflowError, TypeError):
+        try:
+            data = json.dumps(msg, allow_nan=False).encode()
+        except (ValueError, TypeError) as e:  # outputs are checked already; this keeps the protocol whole
+            error = f"the outputs could not be written as JSON: {e}"
+            data = json.dumps({"ok": False, "output_error": error}).encode()
     if len(data) > limit:
         error = f"the outputs are larger than {limit} bytes (NB2SVC_MAX_OUTPUT)"
         data = json.dumps({"ok": False, "output_error": error}).encode()
@@ -213,7 +223,7 @@ def serve(pipe: Pipe, control: int = -1) -> None:
         line = pipe.read()
         if line is None:
             return
-        msg = json.loads(line)
+        msg = _decode(line)
         if msg["op"] == "setup":
             session = Session(msg["plan"])
             limit = msg.get("limit", limit)
