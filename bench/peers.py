@@ -1,6 +1,6 @@
 """nb2svc beside the tools a user would pick instead, serving the same notebook (issue 12), in one command:
 
-    python bench/peers.py [--requests 2000] [--rounds 8] [--clients 8] [--only nb2svc,fastapi] [--skip-install]
+    python bench/peers.py [--requests 2000] [--rounds 8] [--clients 8] [--only nb2svc,fastapi] [--skip-install] [--pin]
 
 sample_notebooks/iris_nearest.ipynb is served by ``nb2svc serve`` (default: one worker process) and with
 ``NB2SVC_WORKERS=0``; its cells, copied into bench/peers/iris_model.py, are served by each peer from a venv of
@@ -23,6 +23,10 @@ here is skipped with a note. Then:
 3. RSS of each server's whole process tree after the rounds, and the time from its process's start to the
    first 200 answer to a prediction (each server started alone, one after the other);
 4. bad input: a few bad bodies to each endpoint, the status and what the answer says.
+
+``--pin``: the load generator (this process and its client threads) runs on the first CPU only and every server,
+with its workers, on the others (``taskset``), so no server shares a core with the client: what each server costs
+per request, as on a machine whose load comes from elsewhere. Without it everything shares every core.
 
 Prints markdown tables (ratios to ``nb2svc serve`` in its default mode) and writes every figure as JSON to
 $TMPDIR/nb2svc-peers.json. Every process it starts is stopped before it exits, on error too; servers listen
@@ -335,6 +339,9 @@ def _listing(folder: Path) -> set[str]:
         return set()
 
 
+PIN_SERVERS: list[str] = []  # --pin: ["taskset", "-c", CPUS], put before every server's command
+
+
 class PeerServer(Server):
     """run.Server, waiting for the first 200 prediction instead of /health, and stopping the whole tree it
     started (BentoML's workers, for one, run in sessions of their own)."""
@@ -346,7 +353,7 @@ class PeerServer(Server):
         self.seen: dict[int, int] = {}  # every process of its tree seen: {pid: start time}
         self.coglet_before = _listing(COGLET_PREDICTIONS) if ep.name == "cog" else None
         cwd = ROOT if ep.name.startswith("nb2svc") else SERVICES / "cog" if ep.name == "cog" else SERVICES
-        super().__init__(ep.name, cmd, port, {**os.environ, **env}, cwd)
+        super().__init__(ep.name, [*PIN_SERVERS, *cmd], port, {**os.environ, **env}, cwd)
 
     def processes(self) -> dict[int, int]:
         now = tree(self.proc.pid)
@@ -666,7 +673,8 @@ def report(results: Json) -> str:
     s = results["settings"]
     lines = [
         f"machine: {m['cpus']} CPUs, {m['cpu_model']}, Python {m['python']}; {s['requests']} requests per endpoint "
-        f"and mode in {s['rounds']} interleaved rounds; ratios to nb2svc serve (default mode)",
+        f"and mode in {s['rounds']} interleaved rounds; ratios to nb2svc serve (default mode)"
+        + ("; the client on CPU 0, the servers on the others (--pin)" if s.get("pin") else ""),
         "",
         "### iris_nearest, POST of one flower",
         "",
@@ -742,7 +750,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", help="comma-separated endpoints: " + ",".join(e.name for e in ENDPOINTS))
     parser.add_argument("--skip-install", action="store_true", help="use the peers' venvs as made; make none")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--pin", action="store_true", help="the client on the first CPU, the servers on the others")
     args = parser.parse_args(argv)
+    if args.pin:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            parser.error("--pin needs 2 CPUs or more")
+        os.sched_setaffinity(0, cpus[:1])  # the client threads, made later, inherit it
+        PIN_SERVERS[:] = ["taskset", "-c", ",".join(map(str, cpus[1:]))]
 
     chosen = ENDPOINTS
     if args.only:
