@@ -54,9 +54,12 @@ class Session:
 
     def __init__(self, plan: Message) -> None:
         from IPython.core.interactiveshell import InteractiveShell
+        from traitlets.config import Config
 
         os.environ.setdefault("MPLBACKEND", "Agg")
-        self.shell = InteractiveShell.instance()
+        config = Config()
+        config.HistoryManager.enabled = False  # no SQLite file under $HOME (read-only in images), held in memory
+        self.shell = InteractiveShell.instance(config=config)
         self.ns: dict[str, Any] = self.shell.user_ns
         self.plan = plan
         self.params_code: CodeType = compile("", "<parameters>", "exec")
