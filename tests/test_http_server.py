@@ -205,3 +205,34 @@ def test_a_large_artifact_streams_whole(tmp_path: Path) -> None:
         assert digest.hexdigest() == hashlib.sha256(expected).hexdigest()
     finally:
         svc.stop()
+
+
+def test_the_header_timeout_counts_from_the_connection_not_from_its_first_byte(tmp_path: Path) -> None:
+    nb = notebook(tmp_path / "t.ipynb", "", "x: int = 1", "", "y: int = x")
+    svc = Service(nb, {"NB2SVC_HEADER_TIMEOUT": "2"}).start()
+    try:
+        with _connect(svc) as s:
+            opened = time.monotonic()
+            time.sleep(1.5)  # idle, within the timeout; then headers a byte at a time, never finished
+            closed_at = None
+            for ch in b"GET /health HTTP/1.1\r\nHost: t\r\nX-Slow: " + b"a" * 200:
+                try:
+                    s.send(bytes([ch]))
+                except OSError:
+                    closed_at = time.monotonic()
+                    break
+                time.sleep(0.05)
+                s.setblocking(False)
+                try:
+                    if s.recv(100) == b"":
+                        closed_at = time.monotonic()
+                        break
+                except BlockingIOError:
+                    pass
+                finally:
+                    s.setblocking(True)
+        assert closed_at is not None, "the server never closed a connection whose headers never ended"
+        # 2 s from the connection's start (3.5 s if it counted from the first byte), with a second's slack
+        assert closed_at - opened < 3.0
+    finally:
+        svc.stop()

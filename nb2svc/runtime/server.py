@@ -113,6 +113,7 @@ class _Connection(asyncio.Protocol):
         self.writable = asyncio.Event()
         self.writable.set()
         self.timer: asyncio.TimerHandle | None = None
+        self._idle_since = self.loop.time()  # when the connection opened or its last reply went out
         self.limit = state.core.config.max_body
         # the request being parsed
         self._url = b""
@@ -171,7 +172,8 @@ class _Connection(asyncio.Protocol):
         self._size = 0
         self._continue = False
         if not self.busy and not self.queue:  # idle until now: the headers must come within the header timeout
-            self._arm(self.state.header_timeout, self._slow_headers)
+            left = self._idle_since + self.state.header_timeout - self.loop.time()  # of the open or the last reply
+            self._arm(max(left, 0.0), self._slow_headers)
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -281,7 +283,7 @@ class _Connection(asyncio.Protocol):
 
     def _done(self, keep_alive: bool) -> None:
         self.busy = False
-        if not keep_alive:
+        if not keep_alive or (self._refused and not self.queue):  # nothing more will be read on it
             self.transport.close()
             return
         if self.queue:
@@ -295,6 +297,7 @@ class _Connection(asyncio.Protocol):
         if self.state.stopping:
             self.transport.close()
             return
+        self._idle_since = self.loop.time()
         self._arm(min(KEEP_ALIVE_S, self.state.header_timeout), self._idle)
 
     def _send_continue(self) -> None:
