@@ -25,7 +25,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 from .conftest import Service
-from .test_reliability import notebook
+from .test_reliability import _alive, _children, notebook
 
 pytestmark = pytest.mark.slow
 
@@ -234,5 +234,39 @@ def test_the_header_timeout_counts_from_the_connection_not_from_its_first_byte(t
         assert closed_at is not None, "the server never closed a connection whose headers never ended"
         # 2 s from the connection's start (3.5 s if it counted from the first byte), with a second's slack
         assert closed_at - opened < 3.0
+    finally:
+        svc.stop()
+
+
+def test_a_second_sigint_stops_at_once_and_leaves_no_worker(tmp_path: Path) -> None:
+    nb = notebook(
+        tmp_path / "slow.ipynb", "import time", "sleep: float = 0.0", "time.sleep(sleep)", "done: bool = True"
+    )
+    svc = Service(nb).start()
+    assert svc.proc is not None
+    workers = _children(svc.proc.pid)
+    assert workers, "the service has no worker process"
+    failed: list[BaseException] = []
+
+    def slow() -> None:
+        try:
+            svc.post("/invoke", {"sleep": 60})
+        except httpx.TransportError as e:
+            failed.append(e)
+
+    caller = threading.Thread(target=slow, daemon=True)
+    caller.start()
+    time.sleep(0.5)
+    try:
+        os.kill(svc.proc.pid, signal.SIGINT)  # the first: finish the request in flight (60 s)...
+        time.sleep(0.3)
+        os.kill(svc.proc.pid, signal.SIGINT)  # ...the second: stop now
+        assert svc.proc.wait(10) == 1
+        caller.join(10)
+        assert failed, "the request in flight was answered"
+        deadline = time.monotonic() + 10
+        while any(_alive(w) for w in workers):
+            assert time.monotonic() < deadline, "a worker outlived its server"
+            time.sleep(0.1)
     finally:
         svc.stop()

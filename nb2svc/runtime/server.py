@@ -28,10 +28,10 @@ import contextlib
 import errno
 import json
 import logging
+import os
 import resource
 import signal
 import socket
-import sys
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -404,9 +404,10 @@ async def _serve(state: _State, sock: socket.socket, announce: Callable[[], None
     def on_signal() -> None:
         nonlocal signals
         signals += 1
-        if signals > 1:  # a second Ctrl-C: stop now, as uvicorn does
-            log.warning("stopping at once")
-            sys.exit(1)
+        if signals > 1:  # a second Ctrl-C: stop now, as uvicorn does (the workers end with this process)
+            log.warning("stopping at once: the requests in flight are not answered")
+            logging.shutdown()
+            os._exit(1)
         stop.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
