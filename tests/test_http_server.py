@@ -243,9 +243,6 @@ def test_a_second_sigint_stops_at_once_and_leaves_no_worker(tmp_path: Path) -> N
         tmp_path / "slow.ipynb", "import time", "sleep: float = 0.0", "time.sleep(sleep)", "done: bool = True"
     )
     svc = Service(nb).start()
-    assert svc.proc is not None
-    workers = _children(svc.proc.pid)
-    assert workers, "the service has no worker process"
     failed: list[BaseException] = []
 
     def slow() -> None:
@@ -254,10 +251,13 @@ def test_a_second_sigint_stops_at_once_and_leaves_no_worker(tmp_path: Path) -> N
         except httpx.TransportError as e:
             failed.append(e)
 
-    caller = threading.Thread(target=slow, daemon=True)
-    caller.start()
-    time.sleep(0.5)
     try:
+        assert svc.proc is not None
+        workers = _children(svc.proc.pid)
+        assert workers, "the service has no worker process"
+        caller = threading.Thread(target=slow, daemon=True)
+        caller.start()
+        time.sleep(0.5)
         os.kill(svc.proc.pid, signal.SIGINT)  # the first: finish the request in flight (60 s)...
         time.sleep(0.3)
         os.kill(svc.proc.pid, signal.SIGINT)  # ...the second: stop now
