@@ -112,7 +112,22 @@ class _Engine(NBClientEngine):  # type: ignore[misc]  # papermill has no type hi
         )
         client = _Client(nb_man, **options)
         client.artifacts = artifacts
-        return client.execute()
+        try:
+            return client.execute()
+        finally:
+            _close(client.kc)
+
+
+def _close(kc: Any) -> None:
+    """Close a run's kernel client: nbclient leaves it open when it does not own the kernel, as here.
+
+    Open, its sockets and its ZMQ context (13-17 descriptors) outlived the run until a full garbage collection.
+    """
+    if kc is None:
+        return
+    kc.stop_channels()
+    if getattr(kc, "_created_context", False) and not kc.context.closed:
+        kc.context.destroy(linger=0)
 
 
 SAVE_GAP_S = 0.5
