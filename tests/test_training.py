@@ -212,7 +212,10 @@ def test_a_run_whose_record_cannot_be_saved_fails_and_the_queue_goes_on(
 ) -> None:
     """The notebook deletes its own run folder (as a full disk would stop the writes): issue 8, defect 2."""
     svc = training()
+    asked = time.monotonic()
     gone = svc.post("/runs?wait=30", {"remove_run": True}).json()
+    # answered as it failed, not when its 30 s ran out (the waiter was never woken before the fix)
+    assert gone["status"] == "failed" and time.monotonic() - asked < 20, gone
     nxt = svc.post("/runs?wait=60", {"steps": 2}).json()
     assert nxt["status"] == "succeeded", nxt  # the queue did not stall
     gone = svc.http.get(f"/runs/{gone['id']}").json()  # kept in memory, failed, saying why

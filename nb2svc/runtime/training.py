@@ -180,18 +180,23 @@ class TrainingExecutor:
 
     async def _finish(self, run: Run, expected: str) -> None:
         """Write the run's end; a store that cannot be reached is retried until it is back (no run lost)."""
-        for attempt in range(2):
-            try:
-                await self._retrying(functools.partial(self._transition, run, expected))
-                return
-            except (OSError, ValueError) as e:  # its folder removed, a full disk; a value JSON cannot hold
-                where = self.files.work_dir(run.id)
-                log.error("run %s: its record could not be saved in %s: %s", run.id, where, e)
-                if attempt:
+        try:
+            for attempt in range(2):
+                try:
+                    await self._retrying(functools.partial(self._transition, run, expected))
                     return
-                error = _error("storage_error", f"the run's record could not be saved: {e}")
-                # kept (in memory at least), failed with the reason, whether or not this one saves
-                run, expected = replace(run, status="failed", error=error), ""
+                except (OSError, ValueError) as e:  # its folder removed, a full disk; a value JSON cannot hold
+                    where = self.files.work_dir(run.id)
+                    log.error("run %s: its record could not be saved in %s: %s", run.id, where, e)
+                    if attempt:
+                        return
+                    error = _error("storage_error", f"the run's record could not be saved: {e}")
+                    # kept (in memory at least), failed with the reason, whether or not this one saves
+                    run, expected = replace(run, status="failed", error=error), ""
+        finally:  # whatever was saved, a caller waiting on the run (?wait=) reads it now, not at its deadline
+            event = self._changed.pop(run.id, None)
+            if event:
+                event.set()
 
     async def _retrying(self, op: Callable[[], Awaitable[T]]) -> T:
         while True:
