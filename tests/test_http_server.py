@@ -123,7 +123,7 @@ def test_a_malformed_request_is_a_json_400_and_a_close(svc: Service) -> None:
     with _connect(svc) as s:
         s.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\nBad Header\r\n\r\n")
         [(status, headers, answer)] = _responses(_read_all(s))
-    assert status == 400 and headers["content-type"] == "application/json"
+    assert status == 400 and headers["content-type"] == "application/json" and headers["x-nb2svc-instance"]
     assert json.loads(answer)["error"] == "bad_request"
 
 

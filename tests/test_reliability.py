@@ -185,6 +185,7 @@ def test_idle_and_slow_connections_are_closed_and_new_ones_are_answered(tmp_path
         try:
             r = httpx.post(f"{svc.url}/invoke", json={}, timeout=5)  # past the limit: a JSON 503 at once, no hang
             assert r.status_code == 503 and r.json()["error"] == "too_many_connections"
+            assert r.headers["x-nb2svc-instance"]  # every answer names its instance (SPEC section 2)
         finally:
             for s in held:
                 s.close()

@@ -43,7 +43,8 @@ from urllib.parse import parse_qsl, unquote
 import httptools
 
 from ..errors import ExternalError, Nb2svcError
-from .core import Core
+from .core import INSTANCE_HEADER, Core
+from .errors import HTTPError
 from .http import Reply, Request, too_large
 
 log = logging.getLogger("nb2svc.server")
@@ -84,6 +85,12 @@ class _State:
         self.tasks: set[asyncio.Task[None]] = set()
         self.date = _Date()
         self.stopping = False
+        body = _BUSY.encode()
+        self.busy_reply = (  # past the connection bound: written before any parsing, so made once
+            b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\n"
+            b"retry-after: 1\r\n%s: %s\r\ncontent-length: %d\r\n\r\n%s"
+            % (INSTANCE_HEADER.encode(), core.config.instance.encode("latin-1", "replace"), len(body), body)
+        )
 
 
 def _header_block(status: int, headers: list[tuple[str, str]], date: bytes, keep_alive: bool) -> bytes:
@@ -129,11 +136,7 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         self.state.connections.add(self)
         if len(self.state.connections) > self.state.max_connections or self.state.stopping:
-            body = _BUSY.encode()
-            transport.write(  # type: ignore[attr-defined]
-                b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\n"
-                b"retry-after: 1\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
-            )
+            transport.write(self.state.busy_reply)  # type: ignore[attr-defined]
             transport.close()
             return
         self._arm(min(KEEP_ALIVE_S, self.state.header_timeout), self._idle)
@@ -261,7 +264,7 @@ class _Connection(asyncio.Protocol):
         except ValueError as e:
             log.error("%s %s: %s; answering 500", request.method, request.path, e)
             body = json.dumps({"error": "internal_error", "message": "nb2svc failed unexpectedly; see the service log"})
-            error = Reply(500, body.encode())
+            error = Reply(500, body.encode(), headers={INSTANCE_HEADER: self.state.core.config.instance})
             await self._write(request, error, keep_alive)
             return
         if request.method == "HEAD" or reply.status in _NO_BODY_STATUS:
@@ -322,8 +325,9 @@ class _Connection(asyncio.Protocol):
     def _bad_request(self, why: str) -> None:
         self._refused = True
         self._pause()
-        body = json.dumps({"error": "bad_request", "message": f"malformed HTTP request: {why}"}).encode()
-        self._enqueue(Request("GET", "/"), Reply(400, body))
+        error = HTTPError(400, "bad_request", f"malformed HTTP request: {why}")
+        request = Request("GET", "/")  # nothing of it can be trusted
+        self._enqueue(request, self.state.core.refuse(request, error))
 
     def _pause(self) -> None:
         if self.reading:
