@@ -25,7 +25,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 from .conftest import Service
-from .test_reliability import _alive, _children, notebook
+from .test_reliability import _children, notebook, outlived
 
 pytestmark = pytest.mark.slow
 
@@ -264,9 +264,6 @@ def test_a_second_sigint_stops_at_once_and_leaves_no_worker(tmp_path: Path) -> N
         assert svc.proc.wait(10) == 1
         caller.join(10)
         assert failed, "the request in flight was answered"
-        deadline = time.monotonic() + 10
-        while any(_alive(w) for w in workers):
-            assert time.monotonic() < deadline, "a worker outlived its server"
-            time.sleep(0.1)
+        assert not outlived(workers, 10), "a worker outlived its server"
     finally:
         svc.stop()

@@ -211,6 +211,14 @@ def _alive(pid: int) -> bool:
     return not (stat.exists() and stat.read_text().split(")")[1].split()[0] == "Z")
 
 
+def outlived(pids: list[int], seconds: float) -> list[int]:
+    """The processes of ``pids`` still alive after up to ``seconds`` (an empty list as soon as all are gone)."""
+    deadline = time.monotonic() + seconds
+    while (left := [p for p in pids if _alive(p)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
 def test_killing_the_server_ends_its_workers_even_mid_request(tmp_path: Path) -> None:
     nb = notebook(
         tmp_path / "loop.ipynb", "import time", "spin: bool = False", "while spin:\n    pass", "ok: bool = True"
@@ -231,10 +239,7 @@ def test_killing_the_server_ends_its_workers_even_mid_request(tmp_path: Path) ->
     time.sleep(1)
     os.kill(svc.proc.pid, signal.SIGKILL)
     svc.proc.wait()
-    deadline = time.monotonic() + 10
-    while any(_alive(w) for w in workers):
-        assert time.monotonic() < deadline, "a worker outlived its server"
-        time.sleep(0.2)
+    assert not outlived(workers, 10), "a worker outlived its server"
     svc.stop()
 
 
@@ -365,9 +370,6 @@ def test_a_nul_in_an_artifact_path_is_a_404_and_a_killed_training_server_leaves_
             time.sleep(0.2)
         os.kill(svc.proc.pid, signal.SIGKILL)
         svc.proc.wait()
-        deadline = time.monotonic() + 15
-        while any(_alive(k) for k in kernels):
-            assert time.monotonic() < deadline, "a kernel outlived its server"
-            time.sleep(0.2)
+        assert not outlived(kernels, 15), "a kernel outlived its server"
     finally:
         svc.stop()
