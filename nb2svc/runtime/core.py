@@ -131,9 +131,7 @@ class Core:
             reply = self._error(e)
         except Exception:
             log.exception("unexpected error answering %s %s", request.method, request.path)
-            self.metrics.errors.labels("internal_error").inc()
-            body = {"error": "internal_error", "message": "nb2svc failed unexpectedly; see the service log"}
-            reply = Reply.json(body, 500)
+            reply = self._error(internal_error())
         finally:
             if scratch is not None:
                 shutil.rmtree(scratch, ignore_errors=True)
@@ -148,6 +146,10 @@ class Core:
         except HTTPError:
             template = "unmatched"
         self.metrics.observe(template, request.method, error.status, 0.0)
+        return self.error_reply(error)
+
+    def error_reply(self, error: HTTPError) -> Reply:
+        """The JSON answer for ``error``, counted in the metrics, naming this instance."""
         reply = self._error(error)
         reply.headers[INSTANCE_HEADER] = self.config.instance
         return reply
@@ -199,6 +201,11 @@ class Core:
 
     async def metrics_text(self, request: Request, params: dict[str, str]) -> Reply:
         return Reply(200, self.metrics.render(), CONTENT_TYPE)
+
+
+def internal_error() -> HTTPError:
+    """nb2svc itself failed (the cause is in the log): a 500 that shows no traceback."""
+    return HTTPError(500, "internal_error", "nb2svc failed unexpectedly; see the service log")
 
 
 def _compile(template: str) -> re.Pattern[str]:

@@ -43,7 +43,7 @@ from urllib.parse import parse_qsl, unquote
 import httptools
 
 from ..errors import ExternalError, Nb2svcError
-from .core import INSTANCE_HEADER, Core
+from .core import INSTANCE_HEADER, Core, internal_error
 from .errors import HTTPError
 from .http import Reply, Request, too_large
 
@@ -228,9 +228,8 @@ class _Connection(asyncio.Protocol):
     def _enqueue(self, request: Request, refusal: Reply | None) -> None:
         keep_alive = refusal is None and self.parser.should_keep_alive() and not self.state.stopping
         self.queue.append((request, keep_alive, refusal))
-        if len(self.queue) >= PIPELINE_MAX and self.reading:
-            self.reading = False
-            self.transport.pause_reading()
+        if len(self.queue) >= PIPELINE_MAX:
+            self._pause()
         if not self.busy:
             self._next()
 
@@ -263,9 +262,7 @@ class _Connection(asyncio.Protocol):
             head = _header_block(reply.status, headers, self.state.date.line(), keep_alive)
         except ValueError as e:
             log.error("%s %s: %s; answering 500", request.method, request.path, e)
-            body = json.dumps({"error": "internal_error", "message": "nb2svc failed unexpectedly; see the service log"})
-            error = Reply(500, body.encode(), headers={INSTANCE_HEADER: self.state.core.config.instance})
-            await self._write(request, error, keep_alive)
+            await self._write(request, self.state.core.error_reply(internal_error()), keep_alive)
             return
         if request.method == "HEAD" or reply.status in _NO_BODY_STATUS:
             self.transport.write(head)

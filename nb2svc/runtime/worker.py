@@ -203,8 +203,8 @@ class _Interruptible:
 
 def encode(msg: Message, limit: int) -> bytes:
     try:
-        # msgspec: 4-5x json's speed. It writes NaN as null, but to_jsonable refused NaN already; an int past
-        # 64 bits, which msgspec does not write, goes the slower way.
+        # msgspec: 4-5x json's speed. It writes NaN as null, but to_jsonable refused NaN already; whatever msgspec
+        # refuses goes to json, which writes it or says why.
         data = _encode(msg)
     except (OverflowError, TypeError):
         try:
